@@ -1,0 +1,3 @@
+from sparsevit.cli import main
+
+raise SystemExit(main())

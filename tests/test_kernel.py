@@ -1,0 +1,147 @@
+"""The block-sparse kernel against an fp64 dense masked-softmax reference.
+
+Runs the real Triton kernel: on the CPU through TRITON_INTERPRET=1 (set by `make test`),
+on a GPU when one is present. bf16 is checked on the GPU only (tests/test_kernel_gpu.py):
+the CPU interpreter has no bf16 arithmetic.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("triton")
+
+import sparsevit as sv  # noqa: E402
+from sparsevit.errors import SparseVitError  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("no GPU: run with TRITON_INTERPRET=1 (make test does)", allow_module_level=True)
+
+N_FUZZ = 200
+
+
+def reference(q, k, v, adjacency) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v over attended keys only; rows with no keys give 0."""
+    mask = torch.as_tensor(adjacency.toarray(), device=q.device)
+    s = (q.double() @ k.double().transpose(-1, -2)) / q.shape[-1] ** 0.5
+    p = torch.softmax(s.masked_fill(~mask, float("-inf")), dim=-1).nan_to_num(0.0)
+    return p @ v.double()
+
+
+def rel_err(out, ref) -> float:
+    return ((out.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def random_graph(rng: np.random.Generator):
+    """A random mask with the awkward cases mixed in: empty, global and dense rows."""
+    n = int(rng.integers(1, 140))
+    style = rng.choice(["random", "global", "empty_rows", "dense", "window", "block_dense"])
+    if style == "dense":
+        adj = np.ones((n, n), bool)
+    elif style == "window":
+        side = int(rng.integers(1, 12))
+        g = sv.masks.vision_longformer((side, side + 1), window=int(rng.choice([1, 3, 5])),
+                                       n_global=int(rng.integers(0, 3)))
+        return g
+    elif style == "block_dense":  # full-only tiles: aligned dense diagonal blocks
+        b = int(rng.choice([16, 32]))
+        n = b * int(rng.integers(1, 5))
+        adj = np.kron(np.eye(n // b, dtype=bool), np.ones((b, b), bool))
+    else:
+        adj = rng.random((n, n)) < rng.uniform(0.01, 0.6)
+        if style == "global":
+            adj[rng.integers(0, n), :] = True
+            adj[:, rng.integers(0, n)] = True
+        if style == "empty_rows":
+            adj[rng.random(n) < 0.3, :] = False
+    return sv.masks.from_matrix(sp.csr_matrix(adj))
+
+
+def case_params(i: int):
+    rng = np.random.default_rng(1000 + i)
+    graph = random_graph(rng)
+    tile = (int(rng.choice([16, 32, 64])), int(rng.choice([16, 32, 64, 128])))
+    head_dim = int(rng.choice([16, 32, 64, 128], p=[0.2, 0.35, 0.35, 0.1]))
+    dtype = [torch.float16, torch.float32][int(rng.integers(0, 2))]
+    max_tiles = [None, 1, 2][int(rng.integers(0, 3))]  # 1-2 forces split heavy rows
+    reorder = str(rng.choice(["none", "rcm", "hc", "ic"]))
+    batch, heads = int(rng.integers(1, 3)), int(rng.integers(1, 3))
+    return graph, tile, head_dim, dtype, max_tiles, reorder, batch, heads
+
+
+@pytest.mark.parametrize("i", range(N_FUZZ))
+def test_fuzz_matches_reference(i: int) -> None:
+    graph, tile, d, dtype, max_tiles, reorder, b, h = case_params(i)
+    plan = sv.plan(graph, reorder=reorder, tile=tile, heads=h, head_dim=d, device=DEVICE,
+                   max_tiles=max_tiles)
+    gen = torch.Generator().manual_seed(i)
+    q, k, v = (torch.randn(b, h, graph.n_tokens, d, generator=gen).to(DEVICE, dtype)
+               for _ in range(3))
+    ref = reference(q, k, v, graph.adjacency)
+    out = sv.attention(q, k, v, plan)
+    assert not out.isnan().any()
+    tol = 1e-5 if dtype == torch.float32 else 2e-3
+    assert rel_err(out, ref) < tol
+    empty = np.diff(graph.adjacency.indptr) == 0
+    if empty.any():  # rows with no keys are exactly zero
+        assert (out[:, :, torch.as_tensor(empty)] == 0).all()
+    # The ordered form on pre-permuted tensors gives the same result.
+    ordered = sv.attention(plan.permute(q), plan.permute(k), plan.permute(v), plan, ordered=True)
+    assert torch.equal(plan.unpermute(ordered), out)
+
+
+def test_split_rows_combine() -> None:
+    """A global row split over many items merges to the same output as unsplit."""
+    g = sv.masks.vision_longformer((12, 12), window=3, n_global=2)
+    q, k, v = (torch.randn(1, 2, g.n_tokens, 32).to(DEVICE) for _ in range(3))
+    outs = []
+    for max_tiles in (None, 1):
+        plan = sv.plan(g, reorder="none", tile=(16, 16), heads=2, head_dim=32, device=DEVICE,
+                       max_tiles=max_tiles)
+        outs.append(sv.attention(q, k, v, plan))
+    assert plan.items.split_qb.shape[0] > 0
+    assert rel_err(outs[1], reference(q, k, v, g.adjacency)) < 1e-5
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)
+
+
+def test_launch_order_longest_first() -> None:
+    g = sv.masks.vision_longformer((16, 16), window=5, n_global=1)
+    plan = sv.plan(g, reorder="none", tile=(16, 16), head_dim=32, device=DEVICE)
+    cost = plan.items.cost
+    assert (np.diff(cost) <= 0).all()
+    # Full tiles precede partial ones inside every item.
+    t = plan.tiles
+    for t0, tmid, t1 in zip(plan.items.t0, plan.items.tmid, plan.items.t1, strict=True):
+        assert t.full[t0:tmid].all() and not t.full[tmid:t1].any()
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "message"),
+    [
+        ((1, 2, 10, 32), torch.float32, "tokens"),
+        ((1, 2, 64 + 1, 16), torch.float32, "head_dim"),
+        ((1, 2, 64 + 1, 32), torch.int32, "dtype"),
+    ],
+)
+def test_bad_inputs(shape, dtype, message) -> None:
+    g = sv.masks.vision_longformer((8, 8), window=3)
+    plan = sv.plan(g, reorder="none", tile=(16, 16), head_dim=32, device=DEVICE)
+    x = torch.zeros(shape, dtype=dtype, device=DEVICE)
+    with pytest.raises(SparseVitError, match=message):
+        sv.attention(x, x, x, plan)
+
+
+def test_bad_plan_arguments() -> None:
+    g = sv.masks.vision_longformer((8, 8), window=3)
+    with pytest.raises(SparseVitError, match="head_dim"):
+        sv.plan(g, head_dim=48, device=DEVICE)
+    with pytest.raises(SparseVitError, match="tile"):
+        sv.plan(g, tile="64x48", device=DEVICE)
+    with pytest.raises(SparseVitError, match="reorder"):
+        sv.plan(g, reorder="zigzag", device=DEVICE)
