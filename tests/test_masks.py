@@ -7,7 +7,6 @@ of masks.py, plus closed-form per-row and total nnz counts.
 from __future__ import annotations
 
 import itertools
-import zipfile
 
 import numpy as np
 import pytest

@@ -70,11 +70,12 @@ def build_graph(args: argparse.Namespace):
     if not args.model:
         raise SparseVitError("give --model or --input")
     grid = masks.grid_for(parse_resolution(args.resolution), args.patch)
+    window = args.window
     if args.model == "VisionLongformer":
-        return masks.vision_longformer(grid, window=args.window or 15, n_global=args.n_global,
-                                       mode=args.mode)
+        return masks.vision_longformer(grid, window=15 if window is None else window,
+                                       n_global=args.n_global, mode=args.mode)
     if args.model == "RegionViT":
-        return masks.regionvit(grid, window=args.window or 7, step=args.step)
+        return masks.regionvit(grid, window=7 if window is None else window, step=args.step)
     return masks.dynamicvit(grid, keep=args.keep, seed=args.seed)
 
 
