@@ -215,34 +215,23 @@ def grow_blocks(adjacency: sp.spmatrix, rho_min: float = 0.6,
             # seed), else down: try that one first and the other only if it fails.
             grown = False
             for right in ((True, False) if h >= w else (False, True)):
-                if right:
-                    if w >= cap or c1 >= n_cols:
-                        continue
-                    area = h * (w + 1)
-                    if (nnz + h) / area < rho_min:  # not even a full new column passes
-                        continue
-                    lo, hi = c_ptr[c1], c_ptr[c1 + 1]
-                    lo = bisect_left(c_ind, r0, lo, hi)
-                    k = bisect_left(c_ind, r1, lo, hi) - lo
-                    if (nnz + k) / area >= rho_min:
-                        c1 += 1
-                        nnz += k
-                        grown = True
-                        break
-                else:
-                    if h >= cap or r1 >= n_rows:
-                        continue
-                    area = (h + 1) * w
-                    if (nnz + w) / area < rho_min:
-                        continue
-                    lo, hi = r_ptr[r1], r_ptr[r1 + 1]
-                    lo = bisect_left(r_ind, c0, lo, hi)
-                    k = bisect_left(r_ind, c1, lo, hi) - lo
-                    if (nnz + k) / area >= rho_min:
-                        r1 += 1
-                        nnz += k
-                        grown = True
-                        break
+                # Growing right adds column c1 over rows [r0, r1); down adds row r1 over
+                # columns [c0, c1): the same count on the CSC or the CSR arrays.
+                side, other, line, end, ptr, ind, lo_b, hi_b = (
+                    (w, h, c1, n_cols, c_ptr, c_ind, r0, r1) if right
+                    else (h, w, r1, n_rows, r_ptr, r_ind, c0, c1))
+                if side >= cap or line >= end:
+                    continue
+                area = h * w + other
+                if (nnz + other) / area < rho_min:  # not even a full new line passes
+                    continue
+                lo = bisect_left(ind, lo_b, ptr[line], ptr[line + 1])
+                k = bisect_left(ind, hi_b, lo, ptr[line + 1]) - lo
+                if (nnz + k) / area >= rho_min:
+                    c1, r1 = (c1 + 1, r1) if right else (c1, r1 + 1)
+                    nnz += k
+                    grown = True
+                    break
             if not grown:
                 break
         for r in range(r0, r1):

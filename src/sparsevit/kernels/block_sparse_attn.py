@@ -47,6 +47,14 @@ def _rows(row_map, rows, n_tokens, GATHER: tl.constexpr):
 
 
 @triton.jit
+def _program_ids(n_bh, n_heads):
+    """(work unit, batch*head, batch, head) of this program: all heads of a unit adjacent."""
+    pid = tl.program_id(0)
+    bh = pid % n_bh
+    return pid // n_bh, bh, bh // n_heads, bh % n_heads
+
+
+@triton.jit
 def _row_ptrs(base, b, h, rows, stride_b, stride_h, stride_n, offs_d):
     """Pointers to the (rows, head_dim) block of batch ``b``, head ``h``."""
     head = base + b.to(tl.int64) * stride_b + h * stride_h
@@ -101,11 +109,7 @@ def block_sparse_attn_fwd(
     BM: tl.constexpr, BN: tl.constexpr, HEAD_DIM: tl.constexpr, NW: tl.constexpr,
     GATHER: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    item = pid // n_bh
-    bh = pid % n_bh
-    b = bh // n_heads
-    h = bh % n_heads
+    item, bh, b, h = _program_ids(n_bh, n_heads)
     qb = tl.load(item_qb + item)
     t0 = tl.load(item_t0 + item)
     tmid = tl.load(item_tmid + item)
@@ -160,11 +164,7 @@ def split_combine(
     BM: tl.constexpr, HEAD_DIM: tl.constexpr, GATHER: tl.constexpr,
 ):
     """Merge the partial (acc, m, l) of a heavy query block's items into O."""
-    pid = tl.program_id(0)
-    j = pid // n_bh
-    bh = pid % n_bh
-    b = bh // n_heads
-    h = bh % n_heads
+    j, bh, b, h = _program_ids(n_bh, n_heads)
     qb = tl.load(split_qb + j)
     s0 = tl.load(split_s0 + j)
     s1 = tl.load(split_s1 + j)
