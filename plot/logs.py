@@ -10,11 +10,13 @@ collected on the LogSet and printed once, as a summary, by ``print_warnings``.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import re
 import sys
 import zlib
+from collections.abc import Sequence
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -86,6 +88,13 @@ class LogSet:
         self.warn(f"{cell.path.name}: no RESULT row with {wanted}: drawn as NS")
         return {"status": "NS", "reason": f"no row {wanted}"}
 
+    def warn_unplotted(self, expected: set[Key]) -> None:
+        """Warn about each cell of the plotted device that is not in ``expected``."""
+        devices = {k.device for k in expected}
+        for key in sorted(set(self.cells) - expected, key=str):
+            if key.device in devices:
+                self.warn(f"{self.cells[key].path.name}: not a cell of this figure, not plotted")
+
     def print_warnings(self, file: TextIO | None = None) -> None:
         """Print the collected warnings once (later calls print only new ones)."""
         if not self.warnings:
@@ -95,6 +104,32 @@ class LogSet:
         for message in self.warnings:
             print(f"  - {message}", file=out)
         self.warnings.clear()
+
+
+def read_cells(path: Path) -> dict[str, tuple[str, ...]]:
+    """{model: resolutions} from a cells file: 'model patch res res ...' lines, # comments."""
+    models = {}
+    for line in path.read_text().splitlines():
+        words = line.split("#", 1)[0].split()
+        if len(words) < 3:
+            if words:
+                raise ValueError(f"{path}: want 'model patch resolution...', got {line!r}")
+            continue
+        models[words[0]] = tuple(words[2:])
+    return models
+
+
+def pick_device(logset: LogSet, wanted: str | None) -> str:
+    """``wanted``, else the device with the most cells (warning when there are several)."""
+    devices = logset.values("device")
+    if wanted or not devices:
+        return wanted or "cpu"
+    counts = {d: sum(k.device == d for k in logset.cells) for d in devices}
+    device = max(devices, key=counts.__getitem__)
+    if len(devices) > 1:
+        logset.warn(f"logs from several devices ({', '.join(devices)}): plotting {device}; "
+                    "choose with --device")
+    return device
 
 
 def parse_text(text: str) -> tuple[dict[str, str], list[dict[str, Any]], list[str]]:
@@ -189,3 +224,35 @@ def number(row: dict[str, Any], name: str) -> float | str:
 
 def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass
+class FigureInputs:
+    """What every figure script starts from: its arguments, cells, logs and device."""
+
+    args: argparse.Namespace
+    models: dict[str, tuple[str, ...]]
+    logset: LogSet
+    device: str
+
+
+def open_figure(argv: Sequence[str] | None, figure: str, cells: Path,
+                description: str) -> FigureInputs | None:
+    """Parse the common figure CLI (--log-dir, --out, --device, --cells) and load the logs.
+
+    None (after a one-line error) when the log directory or cells file can't be read.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--log-dir", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--device", help="device tag of the logs to plot (default: most)")
+    parser.add_argument("--cells", type=Path, default=cells,
+                        help="models and resolutions of the figure (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        models = read_cells(args.cells)
+        logset = load_dir(args.log_dir, figure=figure)
+    except (OSError, ValueError) as e:
+        print(f"plot/{figure}.py: error: {e}", file=sys.stderr)
+        return None
+    return FigureInputs(args, models, logset, pick_device(logset, args.device))

@@ -9,7 +9,6 @@ reorder_fill, each as PDF and PNG, and prints every plotted number.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,32 +29,6 @@ CELLS = Path(__file__).resolve().parent.parent / "ae" / "reorder" / "cells.txt"
 METHODS = ("none", "rcm", "hc", "ic", "hilbert", "morton", "tiled")
 TILES = ("32x32", "64x64", "128x128")
 LABEL_TILE = "64x64"  # the tile size quoted under each heatmap
-
-
-def read_cells(path: Path) -> dict[str, tuple[str, ...]]:
-    """{model: resolutions} from a cells file: 'model patch res res ...' lines, # comments."""
-    models = {}
-    for line in path.read_text().splitlines():
-        words = line.split("#", 1)[0].split()
-        if len(words) < 3:
-            if words:
-                raise ValueError(f"{path}: want 'model patch resolution...', got {line!r}")
-            continue
-        models[words[0]] = tuple(words[2:])
-    return models
-
-
-def pick_device(logset: logs.LogSet, wanted: str | None) -> str:
-    """``wanted``, else the device with the most cells (warning when there are several)."""
-    devices = logset.values("device")
-    if wanted or not devices:
-        return wanted or "cpu"
-    counts = {d: sum(k.device == d for k in logset.cells) for d in devices}
-    device = max(devices, key=counts.__getitem__)
-    if len(devices) > 1:
-        logset.warn(f"logs from several devices ({', '.join(devices)}): plotting {device}; "
-                    "choose with --device")
-    return device
 
 
 def _pct(value: float | str) -> float | str:
@@ -168,26 +141,14 @@ def _table_row(model: str, res: str, method: str, tile: str,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--log-dir", required=True, type=Path)
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--device", help="device tag of the logs to plot (default: most)")
-    parser.add_argument("--cells", type=Path, default=CELLS,
-                        help="models and resolutions of the figure (default: %(default)s)")
-    args = parser.parse_args(argv)
-    try:
-        models = read_cells(args.cells)
-        logset = logs.load_dir(args.log_dir, figure=FIGURE)
-    except (OSError, ValueError) as e:
-        print(f"plot/reorder.py: error: {e}", file=sys.stderr)
+    inputs = logs.open_figure(argv, FIGURE, CELLS, __doc__.splitlines()[0])
+    if inputs is None:
         return 2
-    device = pick_device(logset, args.device)
+    args, models, logset, device = inputs.args, inputs.models, inputs.logset, inputs.device
     expected = {logs.Key(FIGURE, device, model, res, method)
                 for model, resolutions in models.items() for res in resolutions
                 for method in METHODS}
-    for key in sorted(set(logset.cells) - expected, key=str):
-        if key.device == device:
-            logset.warn(f"{logset.cells[key].path.name}: not a cell of this figure, not plotted")
+    logset.warn_unplotted(expected)
     written = []
     for view, name in (("full", "reorder_heatmap"), ("zoom", "reorder_heatmap_zoom")):
         written += style.save(draw_heatmaps(logset, models, device, view), args.out, name)

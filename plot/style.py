@@ -116,14 +116,21 @@ def bars(ax: Axes, groups: Sequence[str], series: Mapping[str, Sequence[float | 
                     ax.text(xi, top, fmt.format(value), rotation=90, ha="center", va="top",
                             fontsize=5, color="white")
             else:
-                style = SENTINEL_STYLE[value]
-                ax.bar(xi, 0.22 * top, width, fill=False, hatch=style["hatch"],
-                       edgecolor=style["color"], lw=0.5)
-                ax.text(xi, 0.24 * top, value, rotation=90, ha="center", va="bottom",
-                        fontsize=5, color=style["color"], weight="bold")
+                sentinel_bar(ax, xi, width, value, 0, 0.22 * top, 0.24 * top)
     ax.set_ylim(0, top)
     ax.set_xticks(x, groups)
     ax.set_ylabel(ylabel)
+
+
+def sentinel_bar(ax: Axes, x: float, width: float, status: str, bottom: float, top: float,
+                 label_y: float) -> None:
+    """A hatched stub from ``bottom`` to ``top`` at ``x``, with ``status`` written upward
+    from ``label_y``: a sentinel in place of a bar."""
+    style = SENTINEL_STYLE[status]
+    ax.bar(x, top - bottom, width, bottom=bottom, fill=False, hatch=style["hatch"],
+           edgecolor=style["color"], lw=0.5)
+    ax.text(x, label_y, status, rotation=90, ha="center", va="bottom", fontsize=5,
+            color=style["color"], weight="bold")
 
 
 def speedup_label(baselines: Mapping[str, float | str], ours: float | str,
