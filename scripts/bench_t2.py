@@ -20,11 +20,7 @@ from tqdm import tqdm
 
 import sparsevit as sv
 
-MODELS: dict[str, Callable[[tuple[int, int]], sv.graph.AttentionGraph]] = {
-    "VisionLongformer": lambda grid: sv.masks.vision_longformer(grid),
-    "RegionViT": lambda grid: sv.masks.regionvit(grid),
-    "DynamicViT": lambda grid: sv.masks.dynamicvit(grid),
-}
+MODELS = sv.masks.MODEL_GRAPHS
 
 
 def best_of(repeat: int, fn: Callable[[], Any]) -> tuple[float, Any]:

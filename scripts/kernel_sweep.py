@@ -23,9 +23,9 @@ from sparsevit.masks import grid_for
 
 def graphs(resolution: int) -> dict[str, sv.graph.AttentionGraph]:
     return {
-        "VisionLongformer": sv.masks.vision_longformer(grid_for(resolution, 16), 15, 1),
-        "RegionViT": sv.masks.regionvit((resolution // 16 // 7 * 7,) * 2, 7),
-        "DynamicViT": sv.masks.dynamicvit(grid_for(resolution, 16), keep=0.343, seed=0),
+        name: build((resolution // 16 // 7 * 7,) * 2 if name == "RegionViT"  # whole windows
+                    else grid_for(resolution, 16))
+        for name, build in sv.masks.MODEL_GRAPHS.items()
     }
 
 

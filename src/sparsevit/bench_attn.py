@@ -19,11 +19,6 @@ from sparsevit.blocks import parse_tile
 from sparsevit.errors import SparseVitError
 from sparsevit.graph import AttentionGraph
 
-MODELS = {
-    "VisionLongformer": masks.vision_longformer,
-    "RegionViT": masks.regionvit,
-    "DynamicViT": masks.dynamicvit,
-}
 DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 # Elementwise |out - ref| <= atol + rtol * |ref| against the fp32 reference. Rounding the
 # probabilities and the output to 8 (bf16) or 11 (fp16) mantissa bits stays well inside.
@@ -39,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description=__doc__.split("\n\n", 1)[1],
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", choices=sorted(MODELS), help="build this model's graph")
+    src.add_argument("--model", choices=sorted(masks.MODEL_GRAPHS), help="build this model's graph")
     src.add_argument("--input", type=Path, metavar="MASK",
                      help="a saved graph or mask (.npz, .npy, .pt)")
     p.add_argument("--resolution", type=int, default=2048, help="image side in pixels")
@@ -84,7 +79,7 @@ def _graph_from_args(args: argparse.Namespace) -> tuple[AttentionGraph, str, str
         model = re.sub(r"[^A-Za-z0-9_-]+", "-", graph.name).strip("-") or "mask"
         return graph, model, f"{graph.n_tokens}tok"
     grid = masks.grid_for(args.resolution, args.patch)
-    return MODELS[args.model](grid), args.model, str(args.resolution)
+    return masks.MODEL_GRAPHS[args.model](grid), args.model, str(args.resolution)
 
 
 def check_output(out: Any, ref: Any, dtype: str) -> dict[str, Any]:

@@ -17,9 +17,9 @@ from typing import Any
 
 from tabulate import tabulate
 
+from sparsevit import masks
 from sparsevit.errors import SparseVitError
 
-MODELS = ("VisionLongformer", "RegionViT", "DynamicViT")
 # Subcommands living in their own modules; each exposes register(subparsers).
 COMMAND_MODULES = ("sparsevit.reorder_study", "sparsevit.bench_attn")
 
@@ -63,8 +63,6 @@ def parse_params(items: Sequence[str]) -> dict[str, Any]:
 
 def build_graph(args: argparse.Namespace):
     """The graph named by --model/--resolution/--patch (or --input) and pattern options."""
-    from sparsevit import masks
-
     if args.input:
         return masks.load(args.input)
     if not args.model:
@@ -81,7 +79,7 @@ def build_graph(args: argparse.Namespace):
 
 def add_graph_args(p: argparse.ArgumentParser) -> None:
     """Options that choose a graph; shared by every command that builds one."""
-    p.add_argument("--model", choices=MODELS)
+    p.add_argument("--model", choices=tuple(masks.MODEL_GRAPHS))
     p.add_argument("--input", help="user mask (.npz/.npy/.pt) instead of --model")
     p.add_argument("--resolution", default="2048", help="pixels: 2048 or WIDTHxHEIGHT")
     p.add_argument("--patch", type=int, default=16)
@@ -109,7 +107,7 @@ def cmd_gen_adj(args: argparse.Namespace) -> int:
 
 
 def cmd_reorder(args: argparse.Namespace) -> int:
-    from sparsevit import blocks, graph, masks, reorder
+    from sparsevit import blocks, graph, reorder
 
     g = masks.load(args.input)
     method = reorder.get(args.method)
@@ -137,7 +135,7 @@ def cmd_reorder(args: argparse.Namespace) -> int:
 
 
 def cmd_extract_blocks(args: argparse.Namespace) -> int:
-    from sparsevit import atomic, blocks, masks
+    from sparsevit import atomic, blocks
 
     g = masks.load(args.input)
     t0 = time.perf_counter()

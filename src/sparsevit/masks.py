@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -300,3 +301,12 @@ def load(path: str | os.PathLike) -> AttentionGraph:
             raise SparseVitError(f"{path}: expected a tensor, got {type(tensor).__name__}")
         return _from_torch(tensor, path.stem)
     raise SparseVitError(f"{path}: unsupported mask format {suffix!r} (.npz, .npy, .pt)")
+
+
+# The released models' attention graphs, keyed by the model names of the CLI and the
+# figures; fixed here so every stage and figure builds the same graph for a model.
+MODEL_GRAPHS = {
+    "VisionLongformer": partial(vision_longformer, window=15, n_global=1),
+    "RegionViT": partial(regionvit, window=7),
+    "DynamicViT": partial(dynamicvit, keep=0.343, seed=0),
+}

@@ -22,7 +22,6 @@ import signal
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +34,7 @@ from sparsevit.errors import SparseVitError
 from sparsevit.graph import AttentionGraph
 
 FIGURE = "reorder"
-# The figure's graphs: the masks module's defaults for each model, fixed here so that a
-# change of default there cannot silently change the figure.
-GRAPHS: dict[str, Callable[[tuple[int, int]], AttentionGraph]] = {
-    "VisionLongformer": partial(masks.vision_longformer, window=15, n_global=1),
-    "RegionViT": partial(masks.regionvit, window=7),
-    "DynamicViT": partial(masks.dynamicvit, keep=0.343, seed=0),
-}
+GRAPHS = masks.MODEL_GRAPHS
 TILES = ("32x32", "64x64", "128x128")
 HEATMAP_BINS = 128
 ZOOM_TOKENS = 1024  # the zoom view: top-left ZOOM_TOKENS x ZOOM_TOKENS corner
