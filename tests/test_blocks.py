@@ -84,7 +84,12 @@ def check_tiles(mask: np.ndarray, bm: int, bn: int) -> None:
     useful = int(mask.sum())
     assert stats["tile"] == f"{bm}x{bn}"
     assert (stats["tiles"], stats["full"]) == (qb.shape[0], int(ts.full.sum()))
-    assert stats["partial"] == qb.shape[0] - stats["full"]
+    assert stats["partial"] + stats["column"] == qb.shape[0] - stats["full"]
+    # Column tiles: every in-sequence row of the tile has the same bits.
+    rows_in = np.minimum(bm, n - qb * bm)
+    same = np.array([(tiles[a, b, :r] == tiles[a, b, :1]).all()
+                     for a, b, r in zip(qb, kb, rows_in, strict=True)], bool)
+    assert (ts.cols == (same & ~ts.full)).all()
     assert stats["tiles_frac"] == pytest.approx(qb.shape[0] / (n_qb * n_kb))
     assert stats["fill"] == pytest.approx(useful / (qb.shape[0] * bm * bn) if useful else 0.0)
     assert stats["density"] == pytest.approx(useful / n**2)
@@ -287,3 +292,22 @@ def test_grow_blocks_empty_and_input_untouched():
 def test_grow_blocks_bad_arguments(kwargs):
     with pytest.raises(SparseVitError):
         grow_blocks(sp.identity(4, format="csr"), **kwargs)
+
+
+def test_padding_rows_are_free():
+    """Padding rows don't break full or column tiles and take the column pattern."""
+    adj = np.zeros((64, 64), bool)
+    adj[0:10, 0:16] = True          # block 0: rows 0-9 full over cols 0-15, 10-15 padding
+    adj[16:20, 0:16] = True         # block 1: rows 16-19 full over cols 0-15 ...
+    adj[16:20, [17, 20]] = True     # ... and cols 17, 20 only in the next key block
+    valid = np.ones(64, bool)
+    valid[10:16] = valid[20:32] = False
+    ts = extract_tiles(sp.csr_matrix(adj), (16, 16), row_valid=valid)
+    assert ts.full.tolist() == [True, True, False]
+    assert ts.cols.tolist() == [False, False, True]
+    col_bits = ts.bitmasks[ts.mask_id[2]].view(np.uint32)[:, 0]
+    assert col_bits.tolist() == [(1 << 1) | (1 << 4)] * 16  # padding rows copy rows 16-19
+    plain = extract_tiles(sp.csr_matrix(adj), (16, 16))
+    assert not plain.full.any() and not plain.cols.any()  # without row_valid, empty rows count
+    with pytest.raises(SparseVitError, match="padding rows must be empty"):
+        extract_tiles(sp.csr_matrix(adj), (16, 16), row_valid=~valid)

@@ -8,6 +8,7 @@ the CPU interpreter has no bf16 arithmetic.
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -145,3 +146,93 @@ def test_bad_plan_arguments() -> None:
         sv.plan(g, tile="64x48", device=DEVICE)
     with pytest.raises(SparseVitError, match="reorder"):
         sv.plan(g, reorder="zigzag", device=DEVICE)
+
+
+def _schedule(graph, plan, n_programs: int, rng: np.random.Generator, **over):
+    """A schedule object as sparsevit.schedule makes them: random placement of the units."""
+    n_units = plan.items.qb.shape[0] * plan.heads
+    cuts = np.sort(rng.integers(0, n_units + 1, n_programs - 1))
+    fields = {"method": "test", "n_tokens": graph.n_tokens, "batch": 1, "heads": plan.heads,
+              "head_dim": plan.head_dim, "config": {"bm": 16, "bn": 16, "num_warps": 4,
+                                                    "num_stages": 2},
+              "max_tiles": 2, "n_items": int(plan.items.qb.shape[0]), "predicted_us": 1.0,
+              "programs": {"ptr": [0, *cuts.tolist(), n_units],
+                           "units": rng.permutation(n_units).tolist()}}
+    fields.update(over)
+    return SimpleNamespace(**fields)
+
+
+@pytest.mark.parametrize("n_programs", [1, 3, 40])
+def test_persistent_schedule_matches_grid_launch(n_programs: int) -> None:
+    """Any placement of the work units over persistent programs gives the same output."""
+    rng = np.random.default_rng(n_programs)
+    g = sv.masks.vision_longformer((10, 10), window=3, n_global=1)
+    q, k, v = (torch.randn(1, 2, g.n_tokens, 32).to(DEVICE) for _ in range(3))
+    grid_plan = sv.plan(g, reorder="hilbert", tile=(16, 16), heads=2, head_dim=32,
+                        device=DEVICE, max_tiles=2)
+    sched = _schedule(g, grid_plan, n_programs, rng)
+    plan = sv.plan(g, reorder="hilbert", heads=2, head_dim=32, device=DEVICE, schedule=sched)
+    assert plan.config["programs"] == n_programs and plan.items.split_qb.shape[0] > 0
+    out = sv.attention(q, k, v, plan)
+    assert rel_err(out, reference(q, k, v, g.adjacency)) < 1e-5
+    assert torch.allclose(out, sv.attention(q, k, v, grid_plan), atol=1e-6)
+
+
+def test_bad_schedules() -> None:
+    rng = np.random.default_rng(0)
+    g = sv.masks.vision_longformer((10, 10), window=3, n_global=1)
+    base = sv.plan(g, reorder="hilbert", tile=(16, 16), heads=2, head_dim=32, device=DEVICE,
+                   max_tiles=2)
+    good = _schedule(g, base, 4, rng)
+    cases = {
+        "tokens": {"n_tokens": g.n_tokens + 1},
+        "work items": {"n_items": good.n_items + 1},
+        "exactly once": {"programs": {"ptr": [0, 1], "units": [0]}},
+        "ptr": {"programs": {**good.programs, "ptr": good.programs["ptr"][::-1]}},
+    }
+    for message, over in cases.items():
+        with pytest.raises(SparseVitError, match=message):
+            sv.plan(g, reorder="hilbert", heads=2, head_dim=32, device=DEVICE,
+                    schedule=_schedule(g, base, 4, rng, **over))
+    plan = sv.plan(g, reorder="hilbert", heads=2, head_dim=32, device=DEVICE, schedule=good)
+    x = torch.zeros(2, 2, g.n_tokens, 32, device=DEVICE)
+    with pytest.raises(SparseVitError, match="batch\\*heads"):
+        sv.attention(x, x, x, plan)
+
+
+@pytest.mark.parametrize("case", ["vl_global", "regionvit", "dynamicvit"])
+def test_padded_layout_gather_and_ordered(case: str) -> None:
+    """Padding positions: gathered inputs need none, the ordered form carries them as
+    zero rows, and both give the reference output."""
+    graph = {"vl_global": lambda: sv.masks.vision_longformer((9, 11), window=3, n_global=2),
+             "regionvit": lambda: sv.masks.regionvit((14, 14), window=7),
+             "dynamicvit": lambda: sv.masks.dynamicvit((12, 12), keep=0.4)}[case]()
+    plan = sv.plan(graph, reorder="rcm" if case != "vl_global" else "hilbert", tile=(16, 16),
+                   heads=2, head_dim=32, device=DEVICE, pad=True)
+    assert plan.n_positions > plan.n_tokens and plan.config["padded"]
+    assert plan.tiles.stats()["full"] + plan.tiles.stats()["column"] > 0
+    q, k, v = (torch.randn(1, 2, graph.n_tokens, 32).to(DEVICE) for _ in range(3))
+    ref = reference(q, k, v, graph.adjacency)
+    out = sv.attention(q, k, v, plan)
+    assert rel_err(out, ref) < 1e-5
+    qo, ko, vo = (plan.permute(t) for t in (q, k, v))
+    assert qo.shape[2] == plan.n_positions
+    pad_rows = plan.perm.cpu().numpy() == graph.n_tokens
+    assert pad_rows.sum() == plan.n_positions - plan.n_tokens and not qo[:, :, pad_rows].any()
+    assert torch.equal(plan.unpermute(qo), q)
+    ordered = sv.attention(qo, ko, vo, plan, ordered=True)
+    assert torch.allclose(plan.unpermute(ordered), out, atol=1e-6)
+    with pytest.raises(SparseVitError, match="positions"):
+        sv.attention(q, k, v, plan, ordered=True)
+
+
+def test_pad_auto_picks_the_cheaper_layout() -> None:
+    from sparsevit.planner import tile_cost
+
+    g = sv.masks.regionvit((14, 14), window=7)
+    plans = {pad: sv.plan(g, reorder="rcm", tile=(64, 64), head_dim=32, device=DEVICE, pad=pad)
+             for pad in ("auto", True, False)}
+    costs = {pad: tile_cost(p.tiles) for pad, p in plans.items()}
+    assert costs["auto"] == min(costs[True], costs[False])
+    with pytest.raises(SparseVitError, match="pad"):
+        sv.plan(g, device=DEVICE, pad="yes")

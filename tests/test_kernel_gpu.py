@@ -11,10 +11,11 @@ if not torch.cuda.is_available():
 
 import sparsevit as sv  # noqa: E402
 
-CASES = {
-    "VisionLongformer": lambda: sv.masks.vision_longformer((128, 128), window=15, n_global=1),
-    "RegionViT": lambda: sv.masks.regionvit((112, 112), window=7),
-    "DynamicViT": lambda: sv.masks.dynamicvit((128, 128), keep=0.343, seed=0),
+CASES = {  # graph, reorder (rcm keeps RegionViT windows and DynamicViT's kept tokens whole)
+    "VisionLongformer": (lambda: sv.masks.vision_longformer((128, 128), window=15, n_global=1),
+                         "hilbert"),
+    "RegionViT": (lambda: sv.masks.regionvit((112, 112), window=7), "rcm"),
+    "DynamicViT": (lambda: sv.masks.dynamicvit((128, 128), keep=0.343, seed=0), "rcm"),
 }
 
 
@@ -27,15 +28,21 @@ def reference_head(q, k, v, mask) -> torch.Tensor:
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize(("tile", "head_dim"), [((64, 64), 64), ((128, 64), 64),
-                                                ((64, 64), 128), ((32, 64), 32)])
-def test_full_size(name, dtype, tile, head_dim) -> None:
-    g = CASES[name]()
-    plan = sv.plan(g, reorder="hilbert", tile=tile, heads=2, head_dim=head_dim, device="cuda")
+@pytest.mark.parametrize(("tile", "head_dim", "pad"), [
+    ((64, 64), 64, True), ((64, 64), 64, False), ((128, 64), 64, True), ((64, 64), 128, True),
+    ((32, 64), 32, "auto")])
+def test_full_size(name, dtype, tile, head_dim, pad) -> None:
+    build, reorder = CASES[name]
+    g = build()
+    plan = sv.plan(g, reorder=reorder, tile=tile, heads=2, head_dim=head_dim, device="cuda",
+                   pad=pad)
     q, k, v = (torch.randn(1, 2, g.n_tokens, head_dim, device="cuda", dtype=dtype)
                for _ in range(3))
     out = sv.attention(q, k, v, plan)
+    ordered = plan.unpermute(sv.attention(*(plan.permute(t) for t in (q, k, v)), plan,
+                                          ordered=True))
     torch.cuda.synchronize()
+    assert torch.equal(out, ordered), "gathered and ordered forms differ"
     mask = torch.as_tensor(g.adjacency.toarray(), device="cuda")
     for h in range(2):
         ref = reference_head(q[0, h], k[0, h], v[0, h], mask)

@@ -2,8 +2,14 @@
 
 A tile is *full* when all BM*BN of its entries are attended (the kernel then does no
 mask work at all) and *partial* otherwise; a partial tile carries a packed bitmask.
-Tiles that cross the end of the sequence are never full, so the kernel's bounds
-handling lives in the bitmask too.
+A partial tile whose rows all attend the same columns is also a *column* tile: the
+kernel then reads one row of its bitmask instead of expanding all BM rows (a global
+key's column, a padded window). Tiles that cross the end of the sequence in key columns
+are never full, so the kernel's bounds handling lives in the bitmask too.
+
+Rows may be marked as padding (``row_valid``): their entries are empty and nobody reads
+their output, so they don't stop a tile from being full or a column tile, and their
+bits copy the tile's column pattern.
 
 ``grow_blocks`` is the alternative to fixed tiles: seed 000's greedy, variable-size,
 nearly dense rectangles.
@@ -31,6 +37,7 @@ class TileSet:
     Tiles of query block ``i`` are ``row_ptr[i]:row_ptr[i+1]``, ascending in
     ``col_block``. ``mask_id[t]`` indexes ``bitmasks`` for partial tiles (-1 for full).
     ``bitmasks[m, i, k]`` bit ``b`` is entry (row ``i``, column ``32*k + b``) of the tile.
+    ``cols[t]``: partial tile whose rows all share row 0's bits (a column tile).
     """
 
     bm: int
@@ -42,6 +49,11 @@ class TileSet:
     full: np.ndarray
     mask_id: np.ndarray
     bitmasks: np.ndarray
+    cols: np.ndarray | None = None  # None: no column tiles
+
+    def __post_init__(self) -> None:
+        if self.cols is None:
+            object.__setattr__(self, "cols", np.zeros(self.col_block.shape[0], bool))
 
     @property
     def n_tiles(self) -> int:
@@ -64,11 +76,13 @@ class TileSet:
         useful = int(self.nnz.sum())
         computed = self.n_tiles * self.bm * self.bn
         n_full = int(self.full.sum())
+        n_cols = int(self.cols.sum())
         return {
             "tile": f"{self.bm}x{self.bn}",
             "tiles": self.n_tiles,
             "full": n_full,
-            "partial": self.n_tiles - n_full,
+            "column": n_cols,
+            "partial": self.n_tiles - n_full - n_cols,
             "tiles_frac": self.n_tiles / (self.n_query_blocks * self.n_key_blocks),
             "fill": useful / computed if computed else 0.0,
             "density": useful / float(self.n_tokens) ** 2,
@@ -107,14 +121,22 @@ def parse_tile(spec: str | tuple[int, int]) -> tuple[int, int]:
     return int(bm), int(bn)
 
 
-def extract_tiles(adjacency: sp.csr_matrix, tile: str | tuple[int, int] = (64, 64)) -> TileSet:
-    """All non-empty BM x BN tiles of ``adjacency``, with full flags and bitmasks."""
+def extract_tiles(adjacency: sp.csr_matrix, tile: str | tuple[int, int] = (64, 64),
+                  row_valid: np.ndarray | None = None) -> TileSet:
+    """All non-empty BM x BN tiles of ``adjacency``, with full / column flags and bitmasks.
+
+    ``row_valid`` (bool per row, default all): rows marked False are padding, whose
+    entries must be empty; they count as matching any pattern (see the module doc).
+    """
     bm, bn = parse_tile(tile)
     adj = _canonical(adjacency)
     if adj.shape[0] != adj.shape[1]:
         raise SparseVitError(f"adjacency must be square, got shape {adj.shape}")
     n = adj.shape[0]
     n_qb, n_kb = -(-n // bm), -(-n // bn)
+    valid = np.ones(n, bool) if row_valid is None else np.asarray(row_valid, bool)
+    if valid.shape != (n,) or np.diff(adj.indptr)[~valid].any():
+        raise SparseVitError("row_valid needs one flag per row, and padding rows must be empty")
     rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(adj.indptr))
     cols = adj.indices.astype(np.int64)
     tile_of = (rows // bm) * n_kb + cols // bn
@@ -123,7 +145,9 @@ def extract_tiles(adjacency: sp.csr_matrix, tile: str | tuple[int, int] = (64, 6
     qb = tile_ids // n_kb
     row_ptr = np.zeros(n_qb + 1, dtype=np.int32)
     np.cumsum(np.bincount(qb, minlength=n_qb), out=row_ptr[1:])
-    full = counts == bm * bn
+    # Rows past the end still count against fullness; only padding rows are free.
+    needed_rows = bm - np.bincount(np.flatnonzero(~valid) // bm, minlength=n_qb)
+    full = (counts == needed_rows[qb] * bn) & ((tile_ids % n_kb + 1) * bn <= n)
     partial = np.flatnonzero(~full)
     mask_id = np.full(tile_ids.shape[0], -1, dtype=np.int32)
     mask_id[partial] = np.arange(partial.shape[0], dtype=np.int32)
@@ -136,8 +160,29 @@ def extract_tiles(adjacency: sp.csr_matrix, tile: str | tuple[int, int] = (64, 6
     weight = np.ldexp(1.0, (cols[in_partial] % bn % WORD_BITS).astype(np.int32))
     words = np.bincount(slot, weights=weight, minlength=partial.shape[0] * bm * nw)
     bitmasks = words.astype(np.uint32).view(np.int32).reshape(partial.shape[0], bm, nw)
+    cols_flag = np.zeros(tile_ids.shape[0], bool)
+    in_seq = _block_rows(np.ones(n, bool), bm)[qb[partial]]
+    cols_flag[partial] = _column_tiles(bitmasks, _block_rows(valid, bm)[qb[partial]], in_seq)
     return TileSet(bm, bn, n, row_ptr, (tile_ids % n_kb).astype(np.int32),
-                   counts.astype(np.int32), full, mask_id, bitmasks)
+                   counts.astype(np.int32), full, mask_id, bitmasks, cols_flag)
+
+
+def _block_rows(valid: np.ndarray, bm: int) -> np.ndarray:
+    """(query blocks, BM) row flags, False past the end of the sequence."""
+    out = np.zeros(-(-valid.shape[0] // bm) * bm, bool)
+    out[:valid.shape[0]] = valid
+    return out.reshape(-1, bm)
+
+
+def _column_tiles(bitmasks: np.ndarray, valid: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Which tiles have one bit pattern on all ``valid`` rows. That pattern is copied onto
+    their padding rows (in place), so row 0 always holds a column tile's column mask."""
+    first = np.argmax(valid, axis=1)
+    template = bitmasks[np.arange(bitmasks.shape[0]), first]
+    same = ((bitmasks == template[:, None, :]).all(axis=2) | ~valid).all(axis=1)
+    fill = same[:, None] & ~valid & present  # padding rows of column tiles
+    bitmasks[fill] = np.broadcast_to(template[:, None, :], bitmasks.shape)[fill]
+    return same
 
 
 def _group(keys: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -13,12 +13,14 @@ from sparsevit.planner import Plan
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan) -> None:
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, ordered: bool) -> None:
     if not (q.shape == k.shape == v.shape) or q.dim() != 4:
         raise SparseVitError(f"q, k, v must share one (B, H, N, D) shape, got "
                              f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    if q.shape[2] != plan.n_tokens:
-        raise SparseVitError(f"plan is for {plan.n_tokens} tokens, inputs have {q.shape[2]}")
+    n = plan.n_positions if ordered else plan.n_tokens
+    if q.shape[2] != n:
+        what = "positions (ordered form, padding included)" if ordered else "tokens"
+        raise SparseVitError(f"plan is for {n} {what}, inputs have {q.shape[2]}")
     if q.shape[3] != plan.head_dim:
         raise SparseVitError(f"plan is for head_dim {plan.head_dim}, inputs have {q.shape[3]}")
     if q.dtype not in DTYPES or not (q.dtype == k.dtype == v.dtype):
@@ -36,7 +38,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan,
     with ``ordered=True`` they are already in plan order (see ``Plan.permute``), as a
     model that reorders tokens once keeps them. Rows that attend to nothing give zeros.
     """
-    _check(q, k, v, plan)
+    _check(q, k, v, plan, ordered)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     bsz, heads, n, d = q.shape
     out = torch.empty_like(q)
@@ -49,24 +51,29 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan,
     ws_l = torch.empty_like(ws_m)
     qk_scale = (scale if scale is not None else 1.0 / math.sqrt(d)) * LOG2E
     gather = not ordered
-    n_items = plan.items.qb.shape[0]
-    block_sparse_attn_fwd[(n_items * n_bh,)](
+    persistent = plan.programs is not None
+    if persistent and n_bh != plan.units_bh:
+        raise SparseVitError(f"plan's schedule places work for batch*heads = {plan.units_bh}, "
+                             f"inputs have {n_bh}")
+    grid = plan.programs[0].shape[0] - 1 if persistent else plan.items.qb.shape[0] * n_bh
+    block_sparse_attn_fwd[(grid,)](
         q, k, v, out, ws_acc, ws_m, ws_l, plan.perm,
-        a["item_qb"], a["item_t0"], a["item_tmid"], a["item_t1"], a["item_slot"],
-        a["col_block"], a["mask_id"], a["bitmasks"],
-        n, heads, n_bh, qk_scale,
+        a["item_qb"], a["item_t0"], a["item_tmid"], a["item_tcol"], a["item_t1"],
+        a["item_slot"], a["col_block"], a["mask_id"], a["bitmasks"], a["prog_ptr"],
+        a["prog_units"], plan.n_positions, n, heads, n_bh, qk_scale,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         BM=tiles.bm, BN=tiles.bn, HEAD_DIM=d, NW=tiles.words_per_row, GATHER=gather,
-        num_warps=plan.config["num_warps"], num_stages=plan.config["num_stages"],
+        PERSISTENT=persistent, num_warps=plan.config["num_warps"],
+        num_stages=plan.config["num_stages"],
     )
     n_split = plan.items.split_qb.shape[0]
     if n_split:
         split_combine[(n_split * n_bh,)](
             out, ws_acc, ws_m, ws_l, plan.perm, a["split_qb"], a["split_s0"], a["split_s1"],
-            n, heads, n_bh, out.stride(0), out.stride(1), out.stride(2),
+            plan.n_positions, n, heads, n_bh, out.stride(0), out.stride(1), out.stride(2),
             BM=tiles.bm, HEAD_DIM=d, GATHER=gather, num_warps=4,
         )
     return out

@@ -1,27 +1,31 @@
 """The plan: everything the kernel needs for one graph, built once and reused.
 
-``plan(graph, ...)`` reorders the tokens, extracts tiles, orders each query block's
-tiles (full first), cuts heavy query blocks into work items, sorts the items longest
-first and moves the index arrays to the device.
+``plan(graph, ...)`` reorders the tokens, pads self-contained groups onto tile
+boundaries where that saves work (``layout``), extracts tiles, orders each query
+block's tiles (full, then column, then partial), cuts heavy query blocks into work
+items, sorts the items longest first and moves the index arrays to the device.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from sparsevit import layout
 from sparsevit import reorder as reorder_mod
 from sparsevit.blocks import TileSet, extract_tiles, parse_tile
 from sparsevit.errors import SparseVitError
 from sparsevit.graph import AttentionGraph
 
-# A partial tile costs its mask expansion on top of a full tile's work (measured on
-# H100; only the launch order depends on it).
+# A partial tile costs its mask expansion on top of a full tile's work, a column tile
+# one mask row (measured on H100; only the launch order and the padding choice use it).
 PARTIAL_TILE_COST = 1.25
+COLUMN_TILE_COST = 1.05
 HEAD_DIMS = (16, 32, 64, 128)
 
 
@@ -31,13 +35,14 @@ class WorkItems:
 
     qb: np.ndarray
     t0: np.ndarray
-    tmid: np.ndarray  # tiles [t0, tmid) are full, [tmid, t1) partial
-    t1: np.ndarray
+    tmid: np.ndarray  # tiles [t0, tmid) are full, [tmid, tcol) column tiles,
+    t1: np.ndarray  # [tcol, t1) partial
     slot: np.ndarray  # workspace slot of a split item, -1 when it writes O itself
     split_qb: np.ndarray  # per split query block: its slots [split_s0, split_s1)
     split_s0: np.ndarray
     split_s1: np.ndarray
     cost: np.ndarray
+    tcol: np.ndarray
 
     @property
     def n_slots(self) -> int:
@@ -45,11 +50,48 @@ class WorkItems:
 
 
 def order_tiles(tiles: TileSet) -> TileSet:
-    """Within each query block put full tiles before partial ones (ascending key block)."""
+    """Within each query block: full, then column, then partial tiles (each by key block)."""
     qb_of = np.repeat(np.arange(tiles.n_query_blocks), np.diff(tiles.row_ptr))
-    idx = np.lexsort((tiles.col_block, ~tiles.full, qb_of))
+    kind = np.where(tiles.full, 0, np.where(tiles.cols, 1, 2))
+    idx = np.lexsort((tiles.col_block, kind, qb_of))
     return TileSet(tiles.bm, tiles.bn, tiles.n_tokens, tiles.row_ptr, tiles.col_block[idx],
-                   tiles.nnz[idx], tiles.full[idx], tiles.mask_id[idx], tiles.bitmasks)
+                   tiles.nnz[idx], tiles.full[idx], tiles.mask_id[idx], tiles.bitmasks,
+                   tiles.cols[idx])
+
+
+def tile_cost(tiles: TileSet) -> float:
+    """Predicted work of a tile set in full-tile units."""
+    n_full, n_cols = int(tiles.full.sum()), int(tiles.cols.sum())
+    n_partial = tiles.n_tiles - n_full - n_cols
+    return n_full + COLUMN_TILE_COST * n_cols + PARTIAL_TILE_COST * n_partial
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Ordered tiles of a (reordered) graph over ``n_positions`` padded positions."""
+
+    tiles: TileSet
+    positions: np.ndarray  # position of each token of the reordered graph
+    n_positions: int
+
+
+def tile_layout(graph: AttentionGraph, tile: tuple[int, int], pad: str | bool = "auto") -> Layout:
+    """Tiles of an already reordered graph, with padding (``layout``) when ``pad`` is True,
+    or with ``"auto"`` when padding lowers ``tile_cost``."""
+    if pad not in ("auto", True, False):
+        raise SparseVitError(f"pad must be 'auto', True or False, got {pad!r}")
+    n = graph.n_tokens
+    plain = Layout(order_tiles(extract_tiles(graph.adjacency, tile)), np.arange(n), n)
+    if pad is False:
+        return plain
+    positions, n_pos = layout.pad_positions(graph, tile)
+    if n_pos == n and pad == "auto":
+        return plain
+    valid = np.zeros(n_pos, bool)
+    valid[positions] = True
+    adj = layout.padded_adjacency(graph.adjacency, positions, n_pos)
+    padded = Layout(order_tiles(extract_tiles(adj, tile, row_valid=valid)), positions, n_pos)
+    return padded if pad is True or tile_cost(padded.tiles) < tile_cost(plain.tiles) else plain
 
 
 def make_work_items(tiles: TileSet, max_tiles: int | None = None) -> WorkItems:
@@ -64,6 +106,7 @@ def make_work_items(tiles: TileSet, max_tiles: int | None = None) -> WorkItems:
         max_tiles = max(8, 2 * math.ceil(busy.mean())) if busy.size else 8
     qb_of = np.repeat(np.arange(counts.shape[0]), counts)
     n_full = np.bincount(qb_of[tiles.full], minlength=counts.shape[0])
+    n_cols = np.bincount(qb_of[tiles.cols], minlength=counts.shape[0])
     chunks = np.maximum(1, -(-counts // max_tiles))
     qb = np.repeat(np.arange(counts.shape[0]), chunks)
     part = np.arange(qb.shape[0]) - np.repeat(np.cumsum(chunks) - chunks, chunks)
@@ -71,7 +114,8 @@ def make_work_items(tiles: TileSet, max_tiles: int | None = None) -> WorkItems:
     t0 = start + (counts[qb] * part) // chunks[qb]
     t1 = start + (counts[qb] * (part + 1)) // chunks[qb]
     tmid = np.clip(start + n_full[qb], t0, t1)
-    cost = (tmid - t0) + PARTIAL_TILE_COST * (t1 - tmid)
+    tcol = np.clip(start + n_full[qb] + n_cols[qb], t0, t1)
+    cost = (tmid - t0) + COLUMN_TILE_COST * (tcol - tmid) + PARTIAL_TILE_COST * (t1 - tcol)
     split = chunks[qb] > 1
     slot = np.full(qb.shape[0], -1, dtype=np.int64)
     slot[split] = np.arange(int(split.sum()))
@@ -79,7 +123,7 @@ def make_work_items(tiles: TileSet, max_tiles: int | None = None) -> WorkItems:
     s1 = np.cumsum(chunks[split_blocks])
     order = np.argsort(-cost, kind="stable")
     return WorkItems(qb[order], t0[order], tmid[order], t1[order], slot[order], split_blocks,
-                     s1 - chunks[split_blocks], s1, cost[order])
+                     s1 - chunks[split_blocks], s1, cost[order], tcol[order])
 
 
 @dataclass
@@ -94,27 +138,39 @@ class Plan:
     device: torch.device
     heads: int
     head_dim: int
-    perm: torch.Tensor  # new position -> original token
-    inv_perm: torch.Tensor
+    perm: torch.Tensor  # position -> original token; n_tokens at a padding position
+    inv_perm: torch.Tensor  # original token -> position
     arrays: dict[str, torch.Tensor] = field(repr=False)
     config: dict[str, Any] = field(default_factory=dict)
+    # Persistent launch from a schedule: program p runs units [prog_ptr[p], prog_ptr[p+1])
+    # of prog_units (unit = item * units_bh + batch*head); None = one program per unit.
+    programs: tuple[np.ndarray, np.ndarray] | None = None
+    units_bh: int | None = None  # batch * heads the schedule's units were laid out for
 
     @property
     def n_tokens(self) -> int:
         return self.graph.n_tokens
 
+    @property
+    def n_positions(self) -> int:
+        """Rows of the ordered form: the tokens plus padding positions."""
+        return self.tiles.n_tokens
+
     def permute(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., N, D) in original token order -> plan order."""
+        """(..., N, D) in original token order -> (..., n_positions, D) in plan order,
+        zeros at padding positions."""
+        if self.n_positions != self.n_tokens:
+            x = torch.cat([x, x.new_zeros(*x.shape[:-2], 1, x.shape[-1])], dim=-2)
         return x.index_select(-2, self.perm)
 
     def unpermute(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., N, D) in plan order -> original token order."""
+        """(..., n_positions, D) in plan order -> (..., N, D) in original token order."""
         return x.index_select(-2, self.inv_perm)
 
     def describe(self) -> dict[str, Any]:
         return {
             "graph": self.original.name, "tokens": self.n_tokens, "nnz": self.graph.nnz,
-            "reorder": self.reorder, **self.tiles.stats(),
+            "positions": self.n_positions, "reorder": self.reorder, **self.tiles.stats(),
             "items": int(self.items.qb.shape[0]), "split_blocks": int(self.items.split_qb.shape[0]),
             **self.config,
         }
@@ -124,15 +180,18 @@ TILE_CANDIDATES = ((64, 64), (128, 64), (32, 64), (128, 128), (64, 32))
 LAUNCH_CANDIDATES = ((4, 2), (4, 3), (8, 2), (8, 3))  # (num_warps, num_stages)
 
 
-def _device_arrays(tiles: TileSet, items: WorkItems,
-                   device: torch.device) -> dict[str, torch.Tensor]:
+def _device_arrays(tiles: TileSet, items: WorkItems, device: torch.device,
+                   programs: tuple[np.ndarray, np.ndarray] | None = None,
+                   ) -> dict[str, torch.Tensor]:
     def dev(a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(a)).to(device=device, dtype=torch.int32)
 
     bitmasks = tiles.bitmasks.reshape(-1) if tiles.bitmasks.size else np.zeros(1, np.int32)
+    prog_ptr, prog_units = programs if programs is not None else (np.zeros(1), np.zeros(1))
     return {
+        "prog_ptr": dev(prog_ptr), "prog_units": dev(prog_units),
         "item_qb": dev(items.qb), "item_t0": dev(items.t0), "item_tmid": dev(items.tmid),
-        "item_t1": dev(items.t1), "item_slot": dev(items.slot),
+        "item_tcol": dev(items.tcol), "item_t1": dev(items.t1), "item_slot": dev(items.slot),
         "col_block": dev(tiles.col_block), "mask_id": dev(tiles.mask_id), "bitmasks": dev(bitmasks),
         "split_qb": dev(items.split_qb), "split_s0": dev(items.split_s0),
         "split_s1": dev(items.split_s1),
@@ -155,13 +214,22 @@ def plan(graph: AttentionGraph, reorder: str = "hilbert", tile: str | tuple[int,
          heads: int = 12, head_dim: int = 64, device: str | torch.device = "cuda",
          max_tiles: int | None = None, num_warps: int | None = None,
          num_stages: int | None = None, batch: int = 1,
-         dtype: torch.dtype = torch.bfloat16) -> Plan:
+         dtype: torch.dtype = torch.bfloat16, schedule: Any = None, profile: Any = None,
+         pad: str | bool = "auto") -> Plan:
     """Build the reusable execution plan of ``graph`` for the block-sparse kernel.
 
     ``reorder="auto"`` takes the method needing the fewest tiles at the (first) tile shape.
     ``tile="auto"`` (CUDA only) times every shape in TILE_CANDIDATES; on CUDA, warps and
     stages left as None are chosen by timing LAUNCH_CANDIDATES on random (batch, heads,
     N, head_dim) inputs of ``dtype``. The timings and the choice land in ``plan.config``.
+
+    ``schedule`` (T4) replaces that choice: one of SCHEDULE_METHODS (solved now by
+    ``sparsevit.schedule.solve`` from ``profile``, a T3 profile or a path to one, or the
+    cached profile of this GPU when None), a Schedule, or the path of a schedule JSON. Its
+    tile shape, launch config, split size and placement of work units are used as given.
+
+    ``pad`` (see ``tile_layout``): start self-contained token groups on tile boundaries;
+    ``plan.n_positions`` then exceeds the token count by the padding positions.
     """
     if head_dim not in HEAD_DIMS:
         raise SparseVitError(f"head_dim must be one of {HEAD_DIMS}, got {head_dim}")
@@ -180,21 +248,24 @@ def plan(graph: AttentionGraph, reorder: str = "hilbert", tile: str | tuple[int,
         reorder, reorder_tiles = choose_reorder(graph, shapes[0])
     perm = reorder_mod.get(reorder)(graph)
     ordered = reorder_mod.apply(graph, perm)
-    perm_t = torch.as_tensor(perm).to(device)
+    if schedule is not None:
+        chosen = _resolve_schedule(schedule, ordered, profile, batch, heads, head_dim, dtype)
+        return _scheduled_plan(chosen, graph, ordered, perm, reorder, device, heads, head_dim,
+                               batch, pad)
     tune = device.type == "cuda" and (auto_tile or num_warps is None or num_stages is None)
     best: Plan | None = None
     timings: dict[str, float] = {}
     for bm, bn in shapes:
-        tiles = order_tiles(extract_tiles(ordered.adjacency, (bm, bn)))
-        items = make_work_items(tiles, max_tiles)
+        lay = tile_layout(ordered, (bm, bn), pad)
+        items = make_work_items(lay.tiles, max_tiles)
         launches = ([(num_warps or w, num_stages or s) for w, s in LAUNCH_CANDIDATES]
                     if tune else [(num_warps or (8 if bm >= 128 else 4), num_stages or 2)])
         for warps, stages in dict.fromkeys(launches):
-            candidate = Plan(graph, ordered, tiles, items, reorder, device, heads, head_dim,
-                             perm_t, torch.argsort(perm_t),
-                             _device_arrays(tiles, items, device),
-                             {"tile": f"{bm}x{bn}", "num_warps": warps, "num_stages": stages,
-                              **({"reorder_tiles": reorder_tiles} if reorder_tiles else {})})
+            candidate = _assemble(
+                graph, ordered, perm, reorder, lay, items, device, heads, head_dim,
+                {"tile": f"{bm}x{bn}", "num_warps": warps, "num_stages": stages,
+                 "padded": lay.n_positions != graph.n_tokens,
+                 **({"reorder_tiles": reorder_tiles} if reorder_tiles else {})})
             if not tune:
                 return candidate
             us = _time_plan(candidate, batch, dtype)
@@ -205,6 +276,78 @@ def plan(graph: AttentionGraph, reorder: str = "hilbert", tile: str | tuple[int,
     assert best is not None
     best.config["tuned_us"] = timings
     return best
+
+
+SCHEDULE_METHODS = ("fixed", "greedy", "ilp")
+
+
+def _resolve_schedule(schedule: Any, ordered: AttentionGraph, profile: Any, batch: int,
+                      heads: int, head_dim: int, dtype: torch.dtype) -> Any:
+    if not isinstance(schedule, (str, os.PathLike)):
+        return schedule
+    from sparsevit import schedule as schedule_mod  # solver dependencies load on use
+
+    if isinstance(schedule, str) and schedule in SCHEDULE_METHODS:
+        return schedule_mod.solve(ordered, profile, schedule, batch=batch, heads=heads,
+                                  head_dim=head_dim, dtype=dtype)
+    return schedule_mod.Schedule.from_json(schedule)
+
+
+def _check_programs(ptr: np.ndarray, units: np.ndarray, n_units: int) -> None:
+    """Every unit exactly once, ``ptr`` a monotone CSR pointer over ``units``."""
+    if (ptr.ndim != 1 or ptr.shape[0] < 2 or ptr[0] != 0 or ptr[-1] != units.shape[0]
+            or np.any(np.diff(ptr) < 0)):
+        raise SparseVitError("schedule programs: ptr must rise from 0 to len(units)")
+    if units.shape[0] != n_units or not np.array_equal(np.sort(units), np.arange(n_units)):
+        raise SparseVitError(f"schedule programs must hold each of the {n_units} work units "
+                             "exactly once")
+
+
+def _assemble(graph: AttentionGraph, ordered: AttentionGraph, perm: np.ndarray, reorder: str,
+              lay: Layout, items: WorkItems, device: torch.device, heads: int, head_dim: int,
+              config: dict[str, Any],
+              programs: tuple[np.ndarray, np.ndarray] | None = None,
+              units_bh: int | None = None) -> Plan:
+    """A Plan from its parts: composes the reorder and the padding into one permutation."""
+    n = graph.n_tokens
+    slot_token = np.full(lay.n_positions, n, np.int64)
+    slot_token[lay.positions] = perm
+    inv = np.empty(n, np.int64)
+    inv[perm] = lay.positions
+    return Plan(graph, ordered, lay.tiles, items, reorder, device, heads, head_dim,
+                torch.as_tensor(slot_token).to(device), torch.as_tensor(inv).to(device),
+                _device_arrays(lay.tiles, items, device, programs), config, programs, units_bh)
+
+
+def _scheduled_plan(sched: Any, graph: AttentionGraph, ordered: AttentionGraph,
+                    perm: np.ndarray, reorder: str, device: torch.device, heads: int,
+                    head_dim: int, batch: int, pad: str | bool) -> Plan:
+    """The plan a T4 schedule describes, checked against this graph and launch."""
+    if (sched.n_tokens, sched.batch, sched.heads, sched.head_dim) != (
+            graph.n_tokens, batch, heads, head_dim):
+        raise SparseVitError(
+            f"schedule is for {sched.n_tokens} tokens, batch {sched.batch}, {sched.heads} heads, "
+            f"head_dim {sched.head_dim}; this plan has {graph.n_tokens}, {batch}, {heads}, "
+            f"{head_dim}")
+    cfg = sched.config
+    lay = tile_layout(ordered, (cfg["bm"], cfg["bn"]), pad)
+    items = make_work_items(lay.tiles, sched.max_tiles)
+    n_items = int(items.qb.shape[0])
+    if n_items != sched.n_items:
+        raise SparseVitError(f"schedule expects {sched.n_items} work items, this graph and "
+                             f"reorder give {n_items}: the schedule is for another graph")
+    programs = None
+    if sched.programs is not None:
+        ptr = np.asarray(sched.programs["ptr"], dtype=np.int64)
+        units = np.asarray(sched.programs["units"], dtype=np.int64)
+        _check_programs(ptr, units, n_items * batch * heads)
+        programs = (ptr, units)
+    config = {"tile": f"{cfg['bm']}x{cfg['bn']}", "num_warps": cfg["num_warps"],
+              "num_stages": cfg["num_stages"], "padded": lay.n_positions != graph.n_tokens,
+              "schedule": sched.method, "predicted_us": sched.predicted_us,
+              "programs": None if programs is None else int(programs[0].shape[0] - 1)}
+    return _assemble(graph, ordered, perm, reorder, lay, items, device, heads, head_dim, config,
+                     programs, batch * heads)
 
 
 def _time_plan(candidate: Plan, batch: int, dtype: torch.dtype) -> float:

@@ -1,0 +1,76 @@
+"""Padded token layout: start self-contained groups of tokens on a tile boundary.
+
+After reordering, a graph often falls apart into consecutive groups that attend only
+among themselves (RegionViT's 50-token windows, DynamicViT's kept tokens) plus a few
+special tokens (Vision Longformer's global token). Where such a group straddles a tile
+boundary every one of its tiles is partial; padding it to a multiple of the tile makes
+its tiles full or column tiles (see ``blocks``) and often halves their number.
+
+``pad_positions`` gives each (reordered) token its position in a longer sequence whose
+extra positions are padding: empty rows and columns. The kernel never loads or stores
+a padding row when it gathers through the plan's permutation, so padding costs no
+memory traffic; in the ordered form a model carries the padding rows (``Plan.permute``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from sparsevit.graph import CLS, GLOBAL, AttentionGraph
+
+
+def closed_groups(adjacency: sp.csr_matrix) -> np.ndarray:
+    """Start offsets of the maximal runs of consecutive tokens with no edge leaving the run
+    (the diagonal blocks of a block-diagonal matrix), plus the end offset."""
+    n = adjacency.shape[0]
+    if n == 0:
+        return np.zeros(1, np.int64)
+    both = (adjacency + adjacency.T).tocsr()
+    counts = np.diff(both.indptr)
+    reach = np.arange(n)  # a row with no edges reaches only itself
+    busy = np.flatnonzero(counts)
+    reach[busy] = np.maximum(reach[busy], np.maximum.reduceat(both.indices, both.indptr[busy]))
+    ends = np.flatnonzero(np.maximum.accumulate(reach) <= np.arange(n)) + 1
+    return np.concatenate([[0], ends]).astype(np.int64)
+
+
+def pad_positions(graph: AttentionGraph, tile: tuple[int, int]) -> tuple[np.ndarray, int]:
+    """(position of each token, number of positions) for tiles of ``tile``.
+
+    The leading run of global / cls tokens becomes a block of its own (a whole tile in
+    both directions); every closed group of the rest that is at least half a tile long
+    starts and ends on a multiple of the smaller tile side; smaller groups are packed
+    without padding.
+    """
+    unit = min(tile)
+    n = graph.n_tokens
+    special = np.isin(graph.kind, (GLOBAL, CLS))
+    n_lead = int(np.argmin(special)) if not special.all() else n
+    rest = graph.adjacency[n_lead:, n_lead:].tocsr()
+    bounds = np.concatenate([[0], n_lead + closed_groups(rest)]) if n_lead else \
+        closed_groups(rest)
+    starts, lengths = bounds[:-1], np.diff(bounds)
+    aligned = lengths >= unit // 2
+    # Aligned groups start on a boundary and fill it up; the others pack tightly.
+    units = np.where(aligned, unit, 1)
+    if n_lead:
+        units[0] = max(tile)
+    positions = np.empty(n, np.int64)
+    cursor = 0
+    for start, length, step in zip(starts.tolist(), lengths.tolist(), units.tolist(),
+                                    strict=True):
+        cursor = -(-cursor // step) * step
+        positions[start:start + length] = cursor + np.arange(length)
+        cursor = -(-(cursor + length) // step) * step
+    return positions, int(cursor)
+
+
+def padded_adjacency(adjacency: sp.csr_matrix, positions: np.ndarray,
+                     n_positions: int) -> sp.csr_matrix:
+    """``adjacency`` with token i moved to ``positions[i]`` (positions increasing)."""
+    csr = adjacency.tocsr()
+    indptr = np.zeros(n_positions + 1, np.int64)
+    indptr[positions + 1] = np.diff(csr.indptr)
+    return sp.csr_matrix((csr.data, positions[csr.indices], np.cumsum(indptr)),
+                         shape=(n_positions, n_positions))
