@@ -12,13 +12,19 @@ TRITON_SPEC ?= triton==3.6.0
 NUMPY_SPEC ?= numpy>=1.24,<2.4
 FIGURES := $(notdir $(patsubst %/,%,$(dir $(wildcard ae/*/plot.sh))))
 
-.PHONY: help setup test lint quick-plot full-run check env-check clean
+.PHONY: help setup test lint quick-plot full-run check env-check clean docker-build \
+	docker-quick-plot docker-full-run
 help:
 	@echo "make quick-plot   every figure from backup_logs/ (no GPU, ~1 min)"
 	@echo "make test         the test suite (what CI runs)"
 	@echo "make setup        create $(VENV) with the kit, torch, triton and test tools"
 	@echo "make fig-NAME     run one figure's experiments (ae/NAME/run.sh)"
 	@echo "make plot-NAME    plot one figure from its backup logs"
+	@echo "make full-run     every figure on the GPU into results/<date>, then plots and check"
+	@echo "                  (EXECUTOR=local|multi-gpu|slurm RESULTS=dir RUN_ARGS=...)"
+	@echo "make check        fresh results against backup_logs/, a verdict per claim"
+	@echo "make env-check    GPU, driver, CUDA, torch, triton, flash-attn, Gurobi/HiGHS"
+	@echo "make docker-build / docker-quick-plot / docker-full-run   the container (docker/)"
 	@echo "figures: $(FIGURES)"
 
 $(VENV)/.stamp: pyproject.toml Makefile
@@ -53,9 +59,40 @@ plot-%: $(PLOT_VENV)/.stamp
 fig-%: setup
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash ae/$*/run.sh
 
-# Filled by the AE-kit stage (issue 6): every figure on the GPU, then `check`.
-full-run check env-check:
-	@echo "make $@: not implemented yet (see README, 'Status')"; exit 1
+# The GPU run uses the machine's own python (container or scripts/env_install.sh), not
+# $(VENV)'s CPU torch; the kit runs from src/ whether installed or not.
+RESULTS ?=
+RESULTS_DIR = $(or $(RESULTS),results/$(shell date +%F))
+EXECUTOR ?= local
+RUN_ARGS ?=
+KIT = PYTHONPATH=$(CURDIR)/src$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) -m sparsevit
+DOCKER_IMAGE ?= sparsevit-ae:0.1.0
+COMPOSE = env UID=$$(id -u) GID=$$(id -g) docker compose -f docker/docker-compose.yml
+
+# Every figure's cells (resumable: rerun with the same RESULTS), then plots and check.
+# EXECUTOR=local|multi-gpu|slurm; RUN_ARGS e.g. "--cell-timeout 1800 --partition gpu".
+full-run:
+	$(KIT) full-run --out $(RESULTS_DIR) --executor $(EXECUTOR) $(RUN_ARGS)
+
+# Fresh logs (default: the newest results/*) against backup_logs/, claim by claim.
+# Reads logs only: runs in the quick-plot venv, no torch.
+check: $(PLOT_VENV)/.stamp
+	PYTHONPATH=$(CURDIR)/src $(PLOT_VENV)/bin/python -m sparsevit.kit.check \
+	  $(if $(RESULTS),--results $(RESULTS))
+
+env-check:
+	$(KIT) env-check
+
+docker-build:
+	docker build -f docker/Dockerfile -t $(DOCKER_IMAGE) \
+	  --build-arg UID=$$(id -u) --build-arg GID=$$(id -g) .
+
+docker-quick-plot:
+	mkdir -p results figures && $(COMPOSE) --profile quick-plot run --rm quick-plot
+
+docker-full-run:
+	mkdir -p results figures && $(COMPOSE) --profile full-run run --rm \
+	  -e EXECUTOR=$(EXECUTOR) -e RESULTS=$(RESULTS_DIR) full-run
 
 clean:
 	rm -rf $(VENV) $(PLOT_VENV) figures .pytest_cache

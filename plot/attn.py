@@ -168,9 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if inputs is None:
         return 2
     args, models, logset, device = inputs.args, inputs.models, inputs.logset, inputs.device
-    logset.warn_unplotted({logs.Key(FIGURE, device, model, res, b)
-                           for model, resolutions in models.items() for res in resolutions
-                           for b in backend_order(logset, device)})
+    inputs.warn_unplotted(FIGURE, backend_order(logset, device))
     fig, bars, ratios = draw(logset, models, device)
     written = style.save(fig, args.out, "attn")
     style.print_table(ratios, title=f"attn figure ({device}): best baseline vs sparsevit")

@@ -4,8 +4,12 @@ Runs in the quick-plot venv, which holds only numpy, matplotlib and tabulate: no
 in plot/ may import torch, scipy or sparsevit.
 
 Stray files never stop a plot: a file with a foreign name, an unreadable or empty file,
-a RESULT line with bad JSON or an unknown status is skipped with a warning. Warnings are
-collected on the LogSet and printed once, as a summary, by ``print_warnings``.
+a RESULT line with bad JSON or an unknown status is skipped with a warning. Hidden
+entries (the kit runner's ``.kit`` state, ``.gitkeep``) are skipped silently. Warnings
+are collected on the LogSet and printed once, as a summary, by ``print_warnings``.
+
+The kit runner writes ``<figure>.<device>.<cell>.cell.runner.log`` for a cell that
+crashed or ran over its time limit; the summary names those cells and their status.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 
 STATUSES = ("OK", "OOM", "NS", "TLE", "FAIL")
 SENTINELS = STATUSES[1:]
+RUNNER_SYSTEM = "runner"  # system part of the kit runner's logs of failed cells
 
 NAME_RE = re.compile(r"^([^./]+)\.([^./]+)\.([^./]+)\.([^./]+)\.([^./]+)\.log$")
 HEADER_RE = re.compile(r"^# ([^:]+): ?(.*)$")
@@ -92,7 +97,11 @@ class LogSet:
         """Warn about each cell of the plotted device that is not in ``expected``."""
         devices = {k.device for k in expected}
         for key in sorted(set(self.cells) - expected, key=str):
-            if key.device in devices:
+            if key.system == RUNNER_SYSTEM:
+                row = self.cells[key].rows[0]
+                self.warn(f"cell {key.model}: {row['status']} in the kit runner "
+                          f"({row.get('reason', 'no reason given')})")
+            elif key.device in devices:
                 self.warn(f"{self.cells[key].path.name}: not a cell of this figure, not plotted")
 
     def print_warnings(self, file: TextIO | None = None) -> None:
@@ -169,6 +178,8 @@ def load_dir(log_dir: str | Path, figure: str | None = None) -> LogSet:
         raise FileNotFoundError(f"log directory {log_dir} does not exist")
     logs = LogSet()
     for path in sorted(log_dir.iterdir()):
+        if path.name.startswith("."):
+            continue
         m = NAME_RE.match(path.name)
         if not m or not path.is_file():
             logs.warn(f"{path.name}: not a <figure>.<device>.<model>.<resolution>.<system>.log "
@@ -234,6 +245,12 @@ class FigureInputs:
     models: dict[str, tuple[str, ...]]
     logset: LogSet
     device: str
+
+    def warn_unplotted(self, figure: str, systems: Sequence[str]) -> None:
+        """Warn about every log that is not one of (model, resolution, system) plotted."""
+        self.logset.warn_unplotted({Key(figure, self.device, model, res, system)
+                                    for model, resolutions in self.models.items()
+                                    for res in resolutions for system in systems})
 
 
 def open_figure(argv: Sequence[str] | None, figure: str, cells: Path,

@@ -145,10 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if inputs is None:
         return 2
     args, models, logset, device = inputs.args, inputs.models, inputs.logset, inputs.device
-    expected = {logs.Key(FIGURE, device, model, res, method)
-                for model, resolutions in models.items() for res in resolutions
-                for method in METHODS}
-    logset.warn_unplotted(expected)
+    inputs.warn_unplotted(FIGURE, METHODS)
     written = []
     for view, name in (("full", "reorder_heatmap"), ("zoom", "reorder_heatmap_zoom")):
         written += style.save(draw_heatmaps(logset, models, device, view), args.out, name)

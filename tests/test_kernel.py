@@ -87,7 +87,8 @@ def test_fuzz_matches_reference(i: int) -> None:
     ref = reference(q, k, v, graph.adjacency)
     out = sv.attention(q, k, v, plan)
     assert not out.isnan().any()
-    tol = 1e-5 if dtype == torch.float32 else 2e-3
+    # fp32 dots run as tf32 on a GPU (about 3e-4); exact fp32 in the interpreter.
+    tol = (1e-5 if DEVICE == "cpu" else 2e-3) if dtype == torch.float32 else 2e-3
     assert rel_err(out, ref) < tol
     empty = np.diff(graph.adjacency.indptr) == 0
     if empty.any():  # rows with no keys are exactly zero

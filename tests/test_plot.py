@@ -77,8 +77,9 @@ def test_load_dir_tolerates_stray_and_corrupt_files(tmp_path: Path) -> None:
     cell = logset.cells[logs.Key("reorder", "cpu", "VisionLongformer", "512", "none")]
     assert cell.header["command"] == "sparsevit x --a b: c"  # ': ' inside a value survives
     text = "\n".join(logset.warnings)
-    for stray in ("README.md", "kernel.cpu.VL.log", ".abc.tmp", "subdir.cpu.a.1.b.log"):
+    for stray in ("README.md", "kernel.cpu.VL.log", "subdir.cpu.a.1.b.log"):
         assert stray in text
+    assert ".abc.tmp" not in text  # a killed atomic write's hidden temp file: skipped silently
     assert "empty file" in text and "no RESULT row" in text and "unreadable" in text
     assert "bad RESULT JSON" in text and "'WEIRD'" in text and "JSON list" in text
     assert "other.cpu" not in text  # another figure's log is not stray, just not read
@@ -199,3 +200,17 @@ def test_plot_imports_neither_torch_nor_scipy(crafted: tuple[Path, Path],
                             timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     assert "BAD []" in result.stdout
+
+
+def test_hidden_entries_and_runner_logs(tmp_path: Path) -> None:
+    """The runner's .kit state is skipped silently; its FAIL/TLE cell logs are named in
+    the warnings, not reported as strays."""
+    (tmp_path / ".kit" / "done").mkdir(parents=True)
+    (tmp_path / ".gitkeep").write_text("")
+    (tmp_path / "reorder.cpu.VL-64-rcm.cell.runner.log").write_text(
+        log_text([{"status": "TLE", "reason": "over the 60 s cell limit"}]))
+    (tmp_path / "reorder.cpu.VL.64.rcm.log").write_text(log_text(ok_rows()))
+    logset = logs.load_dir(tmp_path)
+    assert logset.warnings == []
+    logset.warn_unplotted({logs.Key("reorder", "cpu", "VL", "64", "rcm")})
+    assert logset.warnings == ["cell VL-64-rcm: TLE in the kit runner (over the 60 s cell limit)"]

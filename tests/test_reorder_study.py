@@ -51,7 +51,7 @@ def test_run_cell_writes_a_log_plot_logs_parses(tmp_path: Path, tag: str, model:
         assert [r["tile"] for r in tiles] == list(reorder_study.TILES)
         for row in tiles:
             assert row["status"] == "OK", row
-            assert row["full"] + row["partial"] == row["tiles"]
+            assert row["full"] + row["column"] + row["partial"] == row["tiles"]
             assert 0 < row["fill"] <= 1 and 0 < row["tiles_frac"] <= 1
             assert row["density"] == pytest.approx(nnz / n**2)
             assert row["reorder_s"] >= 0 and row["extract_s"] >= 0

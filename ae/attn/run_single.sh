@@ -1,23 +1,12 @@
 #!/usr/bin/env bash
-# Rerun one cell of the attn figure (all backends, or a comma list); every other log is
-# left as it is.
-# Usage: ae/attn/run_single.sh <model> <resolution> [backends] [results_dir]
-#   e.g. ae/attn/run_single.sh VisionLongformer 1024 flex_b64_reordered,sparsevit
+# Run one cell of the attn figure (needs a CUDA GPU); every other log is left as it is.
+# Usage: ae/attn/run_single.sh <model>-<resolution> [results_dir]   (ids: ae/attn/cells.sh)
+#   e.g. BACKENDS=flex_b64_reordered,sparsevit ae/attn/run_single.sh VisionLongformer-1024
+# BACKENDS: 'all' (default) or a comma list of bench-attn backends; BACKEND_TIMEOUT (s,
+# default 300) caps each backend, a slower one is logged TLE.
 set -euo pipefail
-if (( $# < 2 )); then
-  echo "usage: $0 <model> <resolution> [backends] [results_dir]" >&2
-  exit 2
-fi
-model=$1 res=$2 backends=${3:-all} out=${4:-}
-[[ -n $out && $out != /* ]] && out="$PWD/$out"
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-out=${out:-results/$(date +%F)/attn}
-
-patch=$(awk -v m="$model" -v r="$res" '$1 == m { for (i = 3; i <= NF; i++) if ($i == r) print $2 }' \
-        ae/attn/cells.txt)
-if [[ -z $patch ]]; then
-  echo "run_single.sh: $model at $res px is not a cell of this figure (see ae/attn/cells.txt)" >&2
-  exit 2
-fi
-exec sparsevit bench-attn --model "$model" --resolution "$res" --patch "$patch" --check \
-  --backends "$backends" --out "$out"
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh" attn "$@"
+model=${cell%-*} res=${cell##*-}
+exec "${PYTHON:-python3}" -m sparsevit bench-attn --model "$model" --resolution "$res" \
+  --patch "$(patch_of ae/attn/cells.txt "$model" "$res")" --check \
+  --backends "${BACKENDS:-all}" --backend-timeout "${BACKEND_TIMEOUT:-300}" --out "$out"

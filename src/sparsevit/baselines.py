@@ -2,9 +2,11 @@
 
 Every baseline sees the same inputs: ``q, k, v`` of shape (B, H, N, D), softmax scale
 1/sqrt(D), and the mask of the same graph (``Plan.original``, or ``Plan.graph`` for the
-``reordered`` ones, which also get inputs already permuted by the plan and return their
-output in that order). Dense baselines ignore the mask and say so in their label: they
-bound what a dense kernel costs, they do not compute the masked function.
+``reordered`` ones, which also get inputs already in the plan's token order and return
+their output in that order; ``plan``-ordered ones get the plan's ordered form, padding
+positions included, see ``Plan.permute``). Dense baselines ignore the mask and say so
+in their label: they bound what a dense kernel costs, they do not compute the masked
+function.
 
 Empty rows: a query that attends to no key outputs zeros (softmax over an empty set is
 taken as all-zero weights). SDPA math and mem-efficient, FlexAttention and sparsevit do
@@ -31,7 +33,7 @@ from sparsevit.graph import REGIONAL, AttentionGraph
 if TYPE_CHECKING:
     from torch import Tensor
 
-ORIGINAL, REORDERED = "original", "reordered"
+ORIGINAL, REORDERED, PLAN_ORDER = "original", "reordered", "plan"
 # Beyond this many tokens SDPA's mem-efficient kernel reads the wrong mask rows (seen
 # on torch 2.11, H200: 24x over the bf16 tolerance at 65537 tokens).
 _MEM_EFFICIENT_MAX_N = 1 << 16
@@ -60,7 +62,7 @@ class Runnable:
 class Baseline:
     label: str
     dense: bool
-    order: str  # ORIGINAL or REORDERED: the token order of its inputs and output
+    order: str  # ORIGINAL, REORDERED or PLAN_ORDER: the token order of inputs and output
     build: Callable[[Any, Tensor, Tensor, Tensor], Runnable]  # (graph or plan, q, k, v)
     needs_plan: bool = False  # cannot run from a bare AttentionGraph
 
@@ -71,7 +73,7 @@ class Baseline:
 def _graph(source: Any, order: str) -> AttentionGraph:
     """The graph a baseline masks with: the AttentionGraph itself, or the plan's graph."""
     if isinstance(source, AttentionGraph):
-        if order == REORDERED:
+        if order != ORIGINAL:
             raise NotSupportedError("needs a plan (sv.plan) for the reordered graph")
         return source
     return source.original if order == ORIGINAL else source.graph
@@ -355,7 +357,7 @@ REGISTRY: dict[str, Baseline] = {
                               _build_native_gather),
     "sparsevit": Baseline("sparsevit (permute in/out)", False, ORIGINAL, _sparsevit(False),
                           needs_plan=True),
-    "sparsevit_ordered": Baseline("sparsevit (inputs pre-ordered)", False, REORDERED,
+    "sparsevit_ordered": Baseline("sparsevit (inputs pre-ordered)", False, PLAN_ORDER,
                                   _sparsevit(True), needs_plan=True),
 }
 

@@ -54,6 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="directory of the cell logs")
     p.add_argument("--check", action="store_true",
                    help="compare every output with the fp32 reference (FAIL beyond tolerance)")
+    p.add_argument("--backend-timeout", type=float, default=300, metavar="S",
+                   help="wall-time limit per backend (build, check and timing); over it the "
+                        "backend is logged as TLE and the run goes on (0: no limit)")
     p.set_defaults(func=run)
     return p
 
@@ -118,7 +121,10 @@ def run(args: argparse.Namespace) -> int:
     shape = (args.batch, args.heads, graph.n_tokens, args.head_dim)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     q, k, v = (torch.randn(shape, device=device, dtype=dtype, generator=gen) for _ in range(3))
-    ordered = None if plan is None else tuple(plan.permute(t) for t in (q, k, v))
+    inputs = {"original": (q, k, v)}
+    if plan is not None:  # the reordered baselines' token order, and the plan's padded form
+        inputs["reordered"] = tuple(t.index_select(2, plan.token_order) for t in (q, k, v))
+        inputs["plan"] = tuple(plan.permute(t) for t in (q, k, v))
 
     flops = timing.attention_flops(graph.nnz, args.head_dim, args.heads, args.batch)
     n_bytes = timing.attention_bytes(graph.n_tokens, args.head_dim, args.heads, args.batch,
@@ -150,9 +156,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             if args.check and base.dense not in refs:
                 refs[base.dense] = _reference(q, k, v, None if base.dense else graph)
-            row = _measure(name, plan if plan is not None else graph,
-                           (q, k, v) if base.order == "original" else ordered,
-                           refs.get(base.dense), args.dtype, flops, floor)
+            row = measure_backend(name, plan if plan is not None else graph,
+                           inputs[base.order],
+                           refs.get(base.dense), args.dtype, flops, floor,
+                           args.backend_timeout)
             try:
                 torch.cuda.synchronize()
                 torch.cuda.empty_cache()  # each backend starts from the same free memory
@@ -207,22 +214,44 @@ def _row_head(name: str) -> dict[str, Any]:
     return {"backend": name, "label": base.label, "dense": base.dense, "order": base.order}
 
 
-def _measure(name: str, source: Any, inputs: tuple[Any, Any, Any], ref: Any, dtype: str,
-             flops: int, floor: float) -> dict[str, Any]:
-    """One backend on ``source`` (plan or graph): build, first call, optional check, then
-    timing. Never raises."""
+def measure_backend(name: str, source: Any, inputs: tuple[Any, Any, Any], ref: Any, dtype: str,
+             flops: int, floor: float, limit_s: float) -> dict[str, Any]:
+    """One backend on ``source`` (plan or graph) within ``limit_s`` seconds: build, first
+    call, optional check, then timing. Never raises."""
+    from sparsevit import timing
+
+    row = _row_head(name)
+    try:
+        with timing.time_limit(limit_s):
+            return _measure_within(name, row, source, inputs, ref, dtype, flops, floor)
+    except timing.TimeLimitExceeded as e:
+        return {**row, "status": "TLE", "reason": f"{name} ran {e}"}
+
+
+def _to_original_order(out: Any, source: Any, order: str) -> Any:
+    import torch
+
+    if order == "plan":
+        return source.unpermute(out)
+    if order == "reordered":
+        return out.index_select(2, torch.argsort(source.token_order))
+    return out
+
+
+def _measure_within(name: str, row: dict[str, Any], source: Any,
+                    inputs: tuple[Any, Any, Any], ref: Any, dtype: str, flops: int,
+                    floor: float) -> dict[str, Any]:
     from sparsevit import timing
     from sparsevit.baselines import REGISTRY, classify, prepare
 
     base = REGISTRY[name]
-    row = _row_head(name)
     prep = prepare(name, source, *inputs)
     row["status"] = prep.status
     if prep.status != "OK":
         return {**row, "reason": prep.reason}
     row.update(build_ms=prep.build_ms, first_call_ms=prep.first_call_ms, **prep.runnable.info)
     if ref is not None:
-        out = source.unpermute(prep.out) if base.order == "reordered" else prep.out
+        out = _to_original_order(prep.out, source, base.order)
         row.update(check_output(out, ref, dtype))
         if not row["check"]:
             row.update(status="FAIL", reason=f"error {row['err_over_tol']:.3g}x the {dtype} "

@@ -21,7 +21,10 @@ from sparsevit import masks
 from sparsevit.errors import SparseVitError
 
 # Subcommands living in their own modules; each exposes register(subparsers).
-COMMAND_MODULES = ("sparsevit.reorder_study", "sparsevit.bench_attn")
+COMMAND_MODULES = ("sparsevit.reorder_study", "sparsevit.bench_attn", "sparsevit.kit.runner",
+                   "sparsevit.kit.check", "sparsevit.kit.env_check",
+                   "sparsevit.characterize.cli", "sparsevit.bench_e2e",
+                   "sparsevit.profile", "sparsevit.schedule", "sparsevit.schedule.study")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -22,16 +22,25 @@ from sparsevit.graph import CLS, GLOBAL, AttentionGraph
 
 def closed_groups(adjacency: sp.csr_matrix) -> np.ndarray:
     """Start offsets of the maximal runs of consecutive tokens with no edge leaving the run
-    (the diagonal blocks of a block-diagonal matrix), plus the end offset."""
+    (the diagonal blocks of a block-diagonal matrix), plus the end offset.
+
+    A cut after token i needs no edge (r, c) with r <= i < c (rows up to i reach no
+    further than i) nor c <= i < r (rows after i reach no lower than i + 1): O(N) from
+    each row's first and last column, never a transpose of the nonzeros.
+    """
     n = adjacency.shape[0]
     if n == 0:
         return np.zeros(1, np.int64)
-    both = (adjacency + adjacency.T).tocsr()
-    counts = np.diff(both.indptr)
-    reach = np.arange(n)  # a row with no edges reaches only itself
-    busy = np.flatnonzero(counts)
-    reach[busy] = np.maximum(reach[busy], np.maximum.reduceat(both.indices, both.indptr[busy]))
-    ends = np.flatnonzero(np.maximum.accumulate(reach) <= np.arange(n)) + 1
+    csr = adjacency if adjacency.has_sorted_indices else adjacency.sorted_indices()
+    busy = np.diff(csr.indptr) > 0
+    last = np.arange(n)  # a row with no edges reaches only itself
+    first = np.arange(n)
+    last[busy] = np.maximum(last[busy], csr.indices[csr.indptr[1:][busy] - 1])
+    first[busy] = np.minimum(first[busy], csr.indices[csr.indptr[:-1][busy]])
+    low_after = np.minimum.accumulate(first[::-1])[::-1]  # min first column of rows >= i
+    cut = np.maximum.accumulate(last)[:-1] < np.arange(1, n)
+    cut &= low_after[1:] > np.arange(n - 1)
+    ends = np.concatenate([np.flatnonzero(cut) + 1, [n]])
     return np.concatenate([[0], ends]).astype(np.int64)
 
 

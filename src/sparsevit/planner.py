@@ -156,6 +156,12 @@ class Plan:
         """Rows of the ordered form: the tokens plus padding positions."""
         return self.tiles.n_tokens
 
+    @property
+    def token_order(self) -> torch.Tensor:
+        """Reordered position -> original token, without padding positions (the order of
+        ``plan.graph``)."""
+        return self.perm[self.perm < self.n_tokens]
+
     def permute(self, x: torch.Tensor) -> torch.Tensor:
         """(..., N, D) in original token order -> (..., n_positions, D) in plan order,
         zeros at padding positions."""
@@ -249,7 +255,8 @@ def plan(graph: AttentionGraph, reorder: str = "hilbert", tile: str | tuple[int,
     perm = reorder_mod.get(reorder)(graph)
     ordered = reorder_mod.apply(graph, perm)
     if schedule is not None:
-        chosen = _resolve_schedule(schedule, ordered, profile, batch, heads, head_dim, dtype)
+        chosen = _resolve_schedule(schedule, ordered, profile, batch, heads, head_dim, dtype,
+                                   pad)
         return _scheduled_plan(chosen, graph, ordered, perm, reorder, device, heads, head_dim,
                                batch, pad)
     tune = device.type == "cuda" and (auto_tile or num_warps is None or num_stages is None)
@@ -282,14 +289,14 @@ SCHEDULE_METHODS = ("fixed", "greedy", "ilp")
 
 
 def _resolve_schedule(schedule: Any, ordered: AttentionGraph, profile: Any, batch: int,
-                      heads: int, head_dim: int, dtype: torch.dtype) -> Any:
+                      heads: int, head_dim: int, dtype: torch.dtype, pad: str | bool) -> Any:
     if not isinstance(schedule, (str, os.PathLike)):
         return schedule
     from sparsevit import schedule as schedule_mod  # solver dependencies load on use
 
     if isinstance(schedule, str) and schedule in SCHEDULE_METHODS:
         return schedule_mod.solve(ordered, profile, schedule, batch=batch, heads=heads,
-                                  head_dim=head_dim, dtype=dtype)
+                                  head_dim=head_dim, dtype=dtype, pad=pad)
     return schedule_mod.Schedule.from_json(schedule)
 
 

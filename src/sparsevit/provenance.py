@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
+import os
 import platform
 import shlex
 import subprocess
@@ -11,6 +12,9 @@ import sys
 from typing import Any
 
 _PACKAGES = ("sparsevit", "numpy", "scipy", "torch", "triton", "flash-attn", "highspy", "gurobipy")
+# Where the kit's runner placed this run (sparsevit.kit.cellrun sets the first two).
+PLACEMENT_ENV = {"executor": "SPARSEVIT_EXECUTOR", "worker": "SPARSEVIT_WORKER",
+              "cuda_visible_devices": "CUDA_VISIBLE_DEVICES", "slurm_job_id": "SLURM_JOB_ID"}
 
 
 def _version(package: str) -> str:
@@ -59,6 +63,7 @@ def collect(command: list[str] | None = None) -> dict[str, Any]:
         "python": platform.python_version(),
     }
     info.update({p: _version(p) for p in _PACKAGES})
+    info.update({k: os.environ[v] for k, v in PLACEMENT_ENV.items() if v in os.environ})
     return info
 
 

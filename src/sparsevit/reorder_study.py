@@ -1,7 +1,7 @@
 """The reorder figure's measurements (CPU only): tiles touched and fill per reordering.
 
 One cell = (model, resolution, reorder method). Its log (sparsevit.celllog) holds one
-RESULT row per tile size (``kind: tiles``: tiles, full, partial, tiles_frac, fill,
+RESULT row per tile size (``kind: tiles``: tiles, full, column, partial, tiles_frac, fill,
 density, reorder_s, extract_s) and two heatmap rows (``kind: heatmap``, ``view`` full or
 zoom: the attended fraction of each bin, quantised to uint8 as ceil(255 * fraction) so
 that any attended bin is >= 1, zlib-compressed and base64-encoded). plot/reorder.py
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import multiprocessing as mp
 import os
 import signal
 import time
@@ -32,6 +31,7 @@ from tqdm import tqdm
 from sparsevit import blocks, celllog, masks, provenance, reorder
 from sparsevit.errors import SparseVitError
 from sparsevit.graph import AttentionGraph
+from sparsevit.isolate import run_forked
 
 FIGURE = "reorder"
 GRAPHS = masks.MODEL_GRAPHS
@@ -102,42 +102,28 @@ def _reorder_isolated(graph: AttentionGraph, method: Callable[[AttentionGraph], 
     one can be stopped at ``time_limit`` and a crash or the OOM killer ends only the
     child, not the study.
     """
-    ctx = mp.get_context("fork")
-    receive, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_reorder_child, args=(send, graph, method), daemon=True)
-    child.start()
-    send.close()
-    try:
-        if not receive.poll(time_limit):
-            return "TLE", f"reorder ran over the {time_limit:g} s limit", None
-        return receive.recv()
-    except EOFError:  # the child died without answering
-        child.join()
-        killed = child.exitcode == -signal.SIGKILL
-        return ("OOM" if killed else "FAIL",
-                f"reorder process ended with exit code {child.exitcode}"
+    status, value = run_forked(_reorder_child, (graph, method), time_limit)
+    if status == "timeout":
+        return "TLE", f"reorder ran over the {time_limit:g} s limit", None
+    if status == "died":
+        killed = value == -signal.SIGKILL
+        return ("OOM" if killed else "FAIL", f"reorder process ended with exit code {value}"
                 + (" (killed: out of memory?)" if killed else ""), None)
-    finally:
-        if child.is_alive():
-            child.kill()
-        child.join()
-        receive.close()
+    return value
 
 
-def _reorder_child(send: Any, graph: AttentionGraph,
-                   method: Callable[[AttentionGraph], np.ndarray]) -> None:
+def _reorder_child(graph: AttentionGraph,
+                   method: Callable[[AttentionGraph], np.ndarray]) -> tuple[str, Any, float | None]:
     try:
         t0 = time.perf_counter()
         perm = np.asarray(method(graph))
-        send.send(("OK", perm, time.perf_counter() - t0))
+        return "OK", perm, time.perf_counter() - t0
     except MemoryError:
-        send.send(("OOM", "MemoryError", None))
+        return "OOM", "MemoryError", None
     except SparseVitError as e:
-        send.send(("NS", str(e), None))
+        return "NS", str(e), None
     except Exception as e:  # any crash is this method's FAIL, logged; the study goes on
-        send.send(("FAIL", f"{type(e).__name__}: {e}", None))
-    finally:
-        send.close()
+        return "FAIL", f"{type(e).__name__}: {e}", None
 
 
 def _tile_rows(adjacency: sp.csr_matrix, shapes: Sequence[tuple[int, int]],

@@ -7,7 +7,9 @@ before each call, median and 20th/80th percentiles over the repetitions (its def
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import signal
+from collections.abc import Callable, Iterator
 from typing import Any
 
 WARMUP_MS = 25
@@ -75,3 +77,29 @@ def floor_us(useful_flops: float, n_bytes: float, peaks: dict[str, float]) -> fl
     compute = useful_flops / (peaks["matmul_tflops"] * 1e12)
     memory = n_bytes / (peaks["copy_gbps"] * 1e9)
     return max(compute, memory) * 1e6
+
+
+class TimeLimitExceeded(BaseException):
+    """Raised inside a ``time_limit`` block. A BaseException, so the ``except Exception``
+    of a backend's own error handling cannot swallow it."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Interrupt the block after ``seconds`` of wall time (main thread, POSIX; None or
+    <= 0: no limit). The interrupt lands at the next Python bytecode, so a hang inside
+    one C call ends only when that call returns; the kit's per-cell limit covers that."""
+    if not seconds or seconds <= 0:
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise TimeLimitExceeded(f"over the {seconds:g} s limit")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

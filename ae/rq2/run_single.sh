@@ -1,0 +1,3 @@
+#!/usr/bin/env bash
+# rq2 figure: <cell_id> [results_dir]: runs exactly that cell
+exec "$(dirname "${BASH_SOURCE[0]}")/../characterize/figure.sh" run_single rq2 "$@"

@@ -1,0 +1,270 @@
+"""``make check``: do fresh logs reproduce the backup logs, claim by claim?
+
+Each claim of ``ae/claims.json`` names a figure, a RESULT field (``metric``), which rows
+count (``rows``: field values to match; ``exclude_systems``), how cells group (``per``:
+name parts such as model and resolution) and reduce (``reduce``: min, max, median, or
+one for a single value), and a relative ``tolerance``. Per group it prints the backup
+value, the fresh value and fresh / backup; the claim's verdict is
+
+- reproduced: every group of the backup logs has a fresh value within the tolerance;
+- differs: some group is outside it (or its cell is OOM/TLE/FAIL now): listed;
+- missing: some group has no fresh value (cell not run, NS), or there is no backup value.
+
+Only reads logs (plot/logs.py's parser): runs without torch, in the plotting venv.
+
+    python -m sparsevit.kit.check [--results results/<date>] [--backup backup_logs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from tabulate import tabulate
+
+from sparsevit.errors import SparseVitError
+from sparsevit.kit.cells import find_root
+
+REDUCERS = {"min": min, "max": max, "median": statistics.median}
+NAME_PARTS = ("device", "model", "resolution", "system")
+VERDICTS = ("reproduced", "differs", "missing")
+MAX_ROWS = 24  # a longer per-claim table shows only the groups that are not ok
+
+
+@dataclass
+class Claim:
+    id: str
+    claim: str
+    figure: str
+    metric: str
+    tolerance: float
+    per: tuple[str, ...]
+    reduce: str = "one"
+    rows: dict[str, Any] = field(default_factory=dict)
+    exclude_systems: tuple[str, ...] = ()
+    why: str = ""
+
+
+@dataclass
+class Judged:
+    claim: Claim
+    verdict: str
+    table: list[list[Any]]
+    differs: list[str]
+    missing: list[str]
+    notes: list[str]
+
+
+def load_plot_logs(root: Path) -> ModuleType:
+    """plot/logs.py, the one log parser of the kit (plot/ is not a package)."""
+    path = root / "plot" / "logs.py"
+    spec = importlib.util.spec_from_file_location("sparsevit_plot_logs", path)
+    if spec is None or spec.loader is None or not path.is_file():
+        raise SparseVitError(f"{path} not found")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while building
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_claims(path: Path) -> list[Claim]:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SparseVitError(f"{path}: {e}") from None
+    claims = []
+    for i, item in enumerate(doc.get("claims", [])):
+        try:
+            c = Claim(**{**item, "per": tuple(item["per"]),
+                         "exclude_systems": tuple(item.get("exclude_systems", ()))})
+        except (TypeError, KeyError) as e:
+            raise SparseVitError(f"{path}: claim {i}: {e}") from None
+        bad = [p for p in c.per if p not in NAME_PARTS]
+        if bad or c.reduce not in (*REDUCERS, "one") or not c.tolerance > 0:
+            raise SparseVitError(f"{path}: claim {c.id}: 'per' takes {NAME_PARTS}, 'reduce' "
+                                 f"one of {(*REDUCERS, 'one')}, 'tolerance' > 0")
+        claims.append(c)
+    if not claims:
+        raise SparseVitError(f"{path}: no claims")
+    return claims
+
+
+def claim_values(logs: ModuleType, logset: Any, device: str,
+                 claim: Claim) -> dict[tuple[str, ...], float | str]:
+    """{group: reduced value, or the sentinel status when no row of the group is OK}."""
+    numbers: dict[tuple[str, ...], list[float]] = {}
+    sentinels: dict[tuple[str, ...], str] = {}
+    for key, cell in logset.cells.items():
+        if key.figure != claim.figure or key.device != device:
+            continue
+        if key.system in claim.exclude_systems:
+            continue
+        group = tuple(getattr(key, part) for part in claim.per)
+        for row in cell.rows:
+            if any(row.get(k) != v for k, v in claim.rows.items()):
+                continue
+            value = logs.number(row, claim.metric)
+            if isinstance(value, float):
+                numbers.setdefault(group, []).append(value)
+            else:
+                sentinels.setdefault(group, value)
+    out: dict[tuple[str, ...], float | str] = dict(sentinels)
+    for group, values in numbers.items():
+        out[group] = values[0] if claim.reduce == "one" else REDUCERS[claim.reduce](values)
+    return out
+
+
+def judge(claim: Claim, backup: dict[tuple[str, ...], float | str],
+          fresh: dict[tuple[str, ...], float | str]) -> Judged:
+    table, differs, missing, notes = [], [], [], []
+    for group in sorted(backup, key=lambda g: [_natural(p) for p in g]):
+        old, new = backup[group], fresh.get(group, "NS")
+        name = "/".join(group)
+        if not isinstance(old, float):
+            notes.append(f"{name}: backup is {old}, not judged")
+            continue
+        if not isinstance(new, float):
+            ratio, mark = "-", "missing" if new == "NS" else f"DIFFERS ({new})"
+            (missing if new == "NS" else differs).append(f"{name} ({new})")
+        else:
+            ratio = new / old if old else float("inf")
+            ok = abs(ratio - 1) <= claim.tolerance
+            mark = "ok" if ok else "DIFFERS"
+            if not ok:
+                differs.append(f"{name} ({ratio:.3f}x)")
+        table.append([*group, _fmt(old), _fmt(new), _fmt(ratio), mark])
+    for group in sorted(set(fresh) - set(backup)):
+        notes.append(f"{'/'.join(group)}: fresh only, not judged")
+    if differs:
+        verdict = "differs"
+    elif missing or not table:
+        verdict = "missing"
+        if not table:
+            notes.append("no backup value to compare with")
+    else:
+        verdict = "reproduced"
+    return Judged(claim, verdict, table, differs, missing, notes)
+
+
+def _fmt(value: float | str) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else value
+
+
+def _names(items: Sequence[str], limit: int = 8) -> str:
+    more = f", +{len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def _natural(value: str) -> tuple[float, str]:
+    return (int(value), "") if value.isdigit() else (float("inf"), value)
+
+
+def newest_results(root: Path) -> Path:
+    runs = sorted(p for p in (root / "results").glob("*") if p.is_dir() and p.name[0] != ".")
+    if not runs:
+        raise SparseVitError(f"no results under {root / 'results'}: run make full-run first, "
+                             "or give --results")
+    return runs[-1]
+
+
+def check(root: Path, results: Path, backup: Path, claims: Sequence[Claim],
+          device: str | None = None) -> list[Judged]:
+    logs = load_plot_logs(root)
+    judged = []
+    for claim in claims:
+        sets = {}
+        notes = []
+        for side, base in (("backup", backup), ("fresh", results)):
+            directory = base / claim.figure
+            try:
+                logset = logs.load_dir(directory, figure=claim.figure)
+            except FileNotFoundError:
+                logset = logs.LogSet()
+                notes.append(f"{side}: no directory {directory}")
+            dev = logs.pick_device(logset, device)
+            notes += [f"{side}: {w}" for w in logset.warnings if "not a <figure>" not in w]
+            runner = [k.model for k in logset.cells if k.system == "runner"]
+            if runner:
+                notes.append(f"{side}: cells the runner logged FAIL/TLE: {', '.join(runner)}")
+            sets[side] = (claim_values(logs, logset, dev, claim), dev)
+        result = judge(claim, sets["backup"][0], sets["fresh"][0])
+        if sets["backup"][1] != sets["fresh"][1]:
+            notes.append(f"devices differ: backup {sets['backup'][1]}, fresh {sets['fresh'][1]}")
+        result.notes = notes + result.notes
+        judged.append(result)
+    return judged
+
+
+def report(judged: Sequence[Judged]) -> None:
+    for j in judged:
+        c = j.claim
+        print(f"\n== {c.id} ({c.figure}): {c.claim}")
+        print(f"   {c.metric}, {c.reduce} per {'/'.join(c.per)}, tolerance ±{c.tolerance:.0%}"
+              + (f" ({c.why})" if c.why else ""))
+        shown = j.table if len(j.table) <= MAX_ROWS else [r for r in j.table if r[-1] != "ok"]
+        if shown:
+            print(tabulate(shown, headers=[*c.per, "backup", "fresh", "fresh/backup", ""],
+                           disable_numparse=True))
+        if len(shown) < len(j.table):
+            print(f"   ({len(j.table) - len(shown)} more groups within tolerance not shown)")
+        for note in j.notes:
+            print(f"   note: {note}")
+        print(f"   verdict: {j.verdict.upper()}"
+              + (f"; differs: {_names(j.differs)}" if j.differs else "")
+              + (f"; missing: {_names(j.missing)}" if j.missing else ""))
+    print()
+    print(tabulate([[j.claim.id, j.claim.figure, f"±{j.claim.tolerance:.0%}", len(j.table),
+                     len(j.differs), len(j.missing), j.verdict] for j in judged],
+                   headers=["claim", "figure", "tolerance", "cells", "differ", "missing",
+                            "verdict"]))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sparsevit check", description=__doc__.split("\n")[0])
+    add_args(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except SparseVitError as e:
+        print(f"sparsevit check: error: {e}", file=sys.stderr)
+        return 2
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--results", type=Path,
+                   help="fresh results root holding <figure>/ (default: newest results/*)")
+    p.add_argument("--backup", type=Path, help="backup logs root (default: backup_logs)")
+    p.add_argument("--claims", type=Path, help="claims file (default: ae/claims.json)")
+    p.add_argument("--device", help="device tag of the logs to compare (default: most)")
+    p.add_argument("--root", type=Path, help="the kit checkout (default: found from here)")
+
+
+def run(args: argparse.Namespace) -> int:
+    root = (args.root or find_root()).resolve()
+    results = args.results or newest_results(root)
+    if not results.is_dir():
+        raise SparseVitError(f"results directory {results} does not exist")
+    claims = load_claims(args.claims or root / "ae" / "claims.json")
+    print(f"fresh: {results}\nbackup: {args.backup or root / 'backup_logs'}")
+    judged = check(root, results, args.backup or root / "backup_logs", claims, args.device)
+    report(judged)
+    return 0 if all(j.verdict == "reproduced" for j in judged) else 1
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("check", help="compare fresh logs with backup_logs per claim",
+                              description=__doc__.split("\n\n")[0])
+    add_args(p)
+    p.set_defaults(func=run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

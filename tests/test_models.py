@@ -1,0 +1,184 @@
+"""End-to-end models (issue 5) on the CPU: shapes, backend equivalence, bad inputs.
+
+The sparsevit backend runs its Triton kernel in the interpreter (TRITON_INTERPRET=1,
+fp32); Flex runs its eager reference path on the CPU.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from sparsevit import masks
+from sparsevit.errors import SparseVitError
+from sparsevit.models import MODELS, create
+from sparsevit.models.attention import (
+    GraphSpec,
+    build_graph,
+    ordered_graph,
+    tile_block_mask,
+)
+from sparsevit.models.dynamicvit import policy_mask
+from sparsevit.models.regionvit import window_slots
+from sparsevit.models.vil import chunk_mask
+from sparsevit.models.vit import VisionTransformer
+
+# fp32 on the CPU: every exact backend computes the same masked softmax; only the
+# summation order differs.
+ATOL = 1e-4
+# Smallest images each model takes, so the interpreter stays fast.
+TINY = {"ViT-B/16": 32, "ViL-S": 64, "ViL-M": 64, "ViL-S-chunk": 64, "ViL-M-chunk": 64,
+        "RegionViT-S": 64, "RegionViT-B": 64, "DynamicViT-S": 64, "DynamicViT-B": 64}
+
+
+@pytest.fixture(autouse=True)
+def _quiet_flex():
+    with warnings.catch_warnings():  # Flex's eager CPU path warns that it is slow
+        warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
+def logits(model: torch.nn.Module, images: torch.Tensor, backend: str) -> torch.Tensor:
+    model.attn_ctx.backend = backend
+    with torch.inference_mode():
+        return model(images)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_runs_and_native_matches_dense(name: str) -> None:
+    torch.manual_seed(0)
+    shallow = {"depth": 3} if name == "ViT-B/16" else {}  # 86M random weights are slow to draw
+    model = create(name, TINY[name], num_classes=10, **shallow).eval()
+    images = torch.randn(2, 3, TINY[name], TINY[name])
+    ref = logits(model, images, "dense")
+    assert ref.shape == (2, 10) and torch.isfinite(ref).all()
+    torch.testing.assert_close(logits(model, images, "native"), ref, atol=ATOL, rtol=0)
+    # The floor drops attention: different logits, same shape.
+    assert not torch.allclose(logits(model, images, "floor"), ref, atol=ATOL)
+
+
+@pytest.mark.parametrize("name,size", [("ViL-S", 96), ("ViL-S-chunk", 64), ("RegionViT-S", 96),
+                                       ("DynamicViT-S", 64), ("ViT-B/16", 32)])
+def test_sparsevit_and_flex_equal_dense(name: str, size: int) -> None:
+    """The reorder-once path (tokens reordered per stage, kernel in plan order) and Flex
+    on the reordered BlockMask give the unreordered model's logits."""
+    torch.manual_seed(1)
+    model = create(name, size, num_classes=10).eval()
+    images = torch.randn(1, 3, size, size)
+    ref = logits(model, images, "dense")
+    model.attn_ctx.plan_options.dense_layers = "kernel"
+    for backend in ("sparsevit", "flex"):
+        torch.testing.assert_close(logits(model, images, backend), ref, atol=ATOL, rtol=0)
+
+
+def test_padded_plan_gather_and_carry_agree() -> None:
+    """RegionViT windows padded to tiles by the planner: read through the plan's padded
+    permutation, or carried by the model; both equal dense."""
+    torch.manual_seed(2)
+    model = create("RegionViT-S", 96, num_classes=10).eval()
+    images = torch.randn(1, 3, 96, 96)
+    ref = logits(model, images, "dense")
+    model.attn_ctx.plan_options.pad = True
+    for padding in ("gather", "carry"):
+        model.attn_ctx.plan_options.padding = padding
+        model.attn_ctx.clear()
+        torch.testing.assert_close(logits(model, images, "sparsevit"), ref, atol=ATOL, rtol=0)
+        infos = [s.info["plan"] for s in model.attn_ctx._cache.values() if "plan" in s.info]
+        assert any(p["positions"] > p["tokens"] for p in infos)
+
+
+def test_generic_vit_and_state_dict_round_trip() -> None:
+    torch.manual_seed(3)
+    a = VisionTransformer((32, 48), patch_size=8, depth=2, embed_dim=64, num_heads=2,
+                          num_classes=5).eval()
+    b = VisionTransformer((32, 48), patch_size=8, depth=2, embed_dim=64, num_heads=2,
+                          num_classes=5, attn="native").eval()
+    b.load_state_dict(a.state_dict())
+    images = torch.randn(3, 3, 32, 48)
+    with torch.inference_mode():
+        torch.testing.assert_close(b(images), a(images))
+    assert a.n_tokens == 1 + 4 * 6
+
+
+def test_native_layouts_match_the_t1_graphs() -> None:
+    """ViL's chunk mask and RegionViT's window slots cover exactly the T1 graph."""
+    for mode in ("exact", "sliding_chunk"):
+        spec = GraphSpec("vil", (17, 10), (("window", 15), ("n_global", 1), ("mode", mode),
+                                           ("chunk", 7)))
+        dense = build_graph(spec).adjacency.toarray()
+        ok = chunk_mask(spec)  # (chunks, 49, 1 + 441)
+        h, w = spec.grid
+        cols = -(-w // 7)
+        for q in range(h * w):
+            y, x = divmod(q, w)
+            chunk, slot = (y // 7) * cols + x // 7, (y % 7) * 7 + x % 7
+            ky, kx = np.divmod(np.flatnonzero(ok[chunk, slot, 1:]), 21)
+            keys = (y // 7 * 7 - 7 + ky) * w + (x // 7 * 7 - 7 + kx) + 1
+            assert ok[chunk, slot, 0] and set(keys) == set(np.flatnonzero(dense[q + 1, 1:]) + 1)
+    spec = GraphSpec("regionvit", (16, 9), (("window", 7),))
+    graph = build_graph(spec)
+    slots = window_slots(spec)
+    n = graph.n_tokens
+    for window in slots:
+        real = window[window < n]
+        block = graph.adjacency[real][:, real].toarray()
+        assert block.all() and graph.adjacency[real].nnz == real.size ** 2
+
+
+def test_flex_block_mask_is_the_graph() -> None:
+    """Full blocks + the bitmask mask_mod on partial blocks == the graph, element by element."""
+    spec = GraphSpec("vil", (20, 20), (("window", 15), ("n_global", 1), ("mode", "exact"),
+                                       ("chunk", 7)))
+    _, graph = ordered_graph(spec, "hilbert")
+    bm = tile_block_mask(graph, torch.device("cpu"), block=32)
+    n = graph.n_tokens
+    q, kv = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    dense = torch.zeros(n, n, dtype=torch.bool)
+    kinds = [(bm.kv_num_blocks, bm.kv_indices, True), (bm.full_kv_num_blocks,
+                                                        bm.full_kv_indices, False)]
+    for counts, idx, partial in kinds:
+        for qb in range(counts.shape[-1]):
+            for kb in idx[0, 0, qb, :counts[0, 0, qb]].tolist():
+                rows, cols = slice(qb * 32, (qb + 1) * 32), slice(kb * 32, (kb + 1) * 32)
+                block = (bm.mask_mod(0, 0, q[rows, cols], kv[rows, cols]) if partial
+                         else torch.ones_like(dense[rows, cols]))
+                dense[rows, cols] = block
+    np.testing.assert_array_equal(dense.numpy(), graph.adjacency.toarray())
+
+
+def test_dynamicvit_policy_mask_is_the_t1_graph() -> None:
+    kept = np.random.default_rng(0).random(12) < 0.5
+    keep_all = torch.as_tensor(np.concatenate([[True], kept]))[None]
+    graph = masks.dynamicvit((3, 4), keep_mask=kept)
+    np.testing.assert_array_equal(policy_mask(keep_all)[0, 0].numpy(),
+                                  graph.adjacency.toarray())
+
+
+def test_dynamicvit_keeps_the_released_token_counts() -> None:
+    model = create("DynamicViT-S", 224)
+    assert model.kept_counts() == [137, 96, 67]  # int(196 * 0.7^s), as released
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: create("ViT-H/14", 224), "unknown model"),
+    (lambda: create("ViL-S", 100), "multiple of 32"),
+    (lambda: create("RegionViT-S", 200), "multiple of 32"),
+    (lambda: create("ViT-B/16", 230), "not divisible by patch 16"),
+    (lambda: create("ViL-S", 64, attn="fast"), "unknown attention backend"),
+    (lambda: create("ViL-S", 64, depth=3), "ViL-S"),
+])
+def test_bad_inputs_raise_one_clear_line(call, message: str) -> None:
+    with pytest.raises(SparseVitError, match=message) as info:
+        call()
+    assert "\n" not in str(info.value)
+
+
+def test_too_large_batch_and_wrong_image_are_refused() -> None:
+    model = create("ViT-B/16", 32)
+    with pytest.raises(SparseVitError, match="batch 100000000 is too large"):
+        model(torch.empty(100_000_000, 3, 32, 32, device="meta"))
+    with pytest.raises(SparseVitError, match=r"built for \(B, 3, 32, 32\)"):
+        model(torch.randn(1, 3, 64, 64))
