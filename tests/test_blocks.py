@@ -311,3 +311,18 @@ def test_padding_rows_are_free():
     assert not plain.full.any() and not plain.cols.any()  # without row_valid, empty rows count
     with pytest.raises(SparseVitError, match="padding rows must be empty"):
         extract_tiles(sp.csr_matrix(adj), (16, 16), row_valid=~valid)
+
+
+@SETTINGS
+@given(dense_masks())
+def test_tiles_in_small_chunks_match_brute_force(mask):
+    """Chunk boundaries (query blocks grouped by entry count) change nothing."""
+    import sparsevit.blocks as blocks_mod
+
+    saved = blocks_mod.CHUNK_ENTRIES
+    blocks_mod.CHUNK_ENTRIES = 7
+    try:
+        for bm, bn in ((16, 16), (32, 64)):
+            check_tiles(mask, bm, bn)
+    finally:
+        blocks_mod.CHUNK_ENTRIES = saved

@@ -17,6 +17,7 @@ nearly dense rectangles.
 
 from __future__ import annotations
 
+import itertools
 from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Any
@@ -121,6 +122,11 @@ def parse_tile(spec: str | tuple[int, int]) -> tuple[int, int]:
     return int(bm), int(bn)
 
 
+# Entries handled per pass of extract_tiles: keeps its temporaries in the tens of MB
+# whatever the graph (a dense 5,600-token block alone has 31M entries).
+CHUNK_ENTRIES = 1 << 22
+
+
 def extract_tiles(adjacency: sp.csr_matrix, tile: str | tuple[int, int] = (64, 64),
                   row_valid: np.ndarray | None = None) -> TileSet:
     """All non-empty BM x BN tiles of ``adjacency``, with full / column flags and bitmasks.
@@ -133,38 +139,60 @@ def extract_tiles(adjacency: sp.csr_matrix, tile: str | tuple[int, int] = (64, 6
     if adj.shape[0] != adj.shape[1]:
         raise SparseVitError(f"adjacency must be square, got shape {adj.shape}")
     n = adj.shape[0]
-    n_qb, n_kb = -(-n // bm), -(-n // bn)
+    n_qb = -(-n // bm)
     valid = np.ones(n, bool) if row_valid is None else np.asarray(row_valid, bool)
     if valid.shape != (n,) or np.diff(adj.indptr)[~valid].any():
         raise SparseVitError("row_valid needs one flag per row, and padding rows must be empty")
-    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(adj.indptr))
-    cols = adj.indices.astype(np.int64)
-    tile_of = (rows // bm) * n_kb + cols // bn
-    # Non-empty tiles in (query block, key block) order, and each entry's tile rank.
-    tile_ids, rank, counts = _group(tile_of, n_qb * n_kb)
-    qb = tile_ids // n_kb
-    row_ptr = np.zeros(n_qb + 1, dtype=np.int32)
-    np.cumsum(np.bincount(qb, minlength=n_qb), out=row_ptr[1:])
     # Rows past the end still count against fullness; only padding rows are free.
     needed_rows = bm - np.bincount(np.flatnonzero(~valid) // bm, minlength=n_qb)
-    full = (counts == needed_rows[qb] * bn) & ((tile_ids % n_kb + 1) * bn <= n)
+    # Query blocks in chunks of about CHUNK_ENTRIES entries (a block is never split).
+    block_ends = adj.indptr[np.minimum(np.arange(1, n_qb + 1) * bm, n)]
+    cuts = np.unique(np.searchsorted(block_ends, np.arange(1, block_ends[-1] // CHUNK_ENTRIES + 1)
+                                     * CHUNK_ENTRIES) + 1) if n_qb else np.zeros(0, np.int64)
+    bounds = np.unique(np.concatenate([[0], cuts[cuts < n_qb], [n_qb]]))
+    parts = [_tiles_of_blocks(adj, int(q0), int(q1), bm, bn, needed_rows)
+             for q0, q1 in itertools.pairwise(bounds)]
+    qb, kb, counts, full, words = (np.concatenate([part[i] for part in parts])
+                                   for i in range(5))
+    row_ptr = np.zeros(n_qb + 1, dtype=np.int32)
+    np.cumsum(np.bincount(qb, minlength=n_qb), out=row_ptr[1:])
     partial = np.flatnonzero(~full)
-    mask_id = np.full(tile_ids.shape[0], -1, dtype=np.int32)
+    mask_id = np.full(qb.shape[0], -1, dtype=np.int32)
     mask_id[partial] = np.arange(partial.shape[0], dtype=np.int32)
-    # Pack bits: every entry of a partial tile adds 2**bit to its (tile, row, word) slot.
-    # Bits within a slot are distinct, so the float64 sum is an exact OR.
-    nw = -(-bn // WORD_BITS)
-    in_partial = mask_id[rank] >= 0
-    slot = ((mask_id[rank][in_partial].astype(np.int64) * bm + rows[in_partial] % bm) * nw
-            + (cols[in_partial] % bn) // WORD_BITS)
-    weight = np.ldexp(1.0, (cols[in_partial] % bn % WORD_BITS).astype(np.int32))
-    words = np.bincount(slot, weights=weight, minlength=partial.shape[0] * bm * nw)
-    bitmasks = words.astype(np.uint32).view(np.int32).reshape(partial.shape[0], bm, nw)
-    cols_flag = np.zeros(tile_ids.shape[0], bool)
+    bitmasks = words.view(np.int32).reshape(partial.shape[0], bm, -(-bn // WORD_BITS))
+    cols_flag = np.zeros(qb.shape[0], bool)
     in_seq = _block_rows(np.ones(n, bool), bm)[qb[partial]]
     cols_flag[partial] = _column_tiles(bitmasks, _block_rows(valid, bm)[qb[partial]], in_seq)
-    return TileSet(bm, bn, n, row_ptr, (tile_ids % n_kb).astype(np.int32),
-                   counts.astype(np.int32), full, mask_id, bitmasks, cols_flag)
+    return TileSet(bm, bn, n, row_ptr, kb.astype(np.int32), counts.astype(np.int32), full,
+                   mask_id, bitmasks, cols_flag)
+
+
+def _tiles_of_blocks(adj: sp.csr_matrix, q0: int, q1: int, bm: int, bn: int,
+                     needed_rows: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(query block, key block, entries, full, packed bits of the partial tiles) of the
+    non-empty tiles of query blocks [q0, q1), in (query block, key block) order."""
+    n = adj.shape[0]
+    n_kb = -(-n // bn)
+    r0, r1 = q0 * bm, min(q1 * bm, n)
+    cols = adj.indices[adj.indptr[r0]:adj.indptr[r1]].astype(np.int64)
+    rows = np.repeat(np.arange(r1 - r0, dtype=np.int64), np.diff(adj.indptr[r0:r1 + 1]))
+    # Non-empty tiles in (query block, key block) order, and each entry's tile rank.
+    tile_ids, rank, counts = _group((rows // bm) * n_kb + cols // bn, (q1 - q0) * n_kb)
+    qb, kb = q0 + tile_ids // n_kb, tile_ids % n_kb
+    full = (counts == needed_rows[qb] * bn) & ((kb + 1) * bn <= n)
+    # Pack the bits of the partial tiles' entries into (tile, row, word) slots. CSR rows
+    # hold sorted columns, so the entries of one slot are consecutive: OR each run.
+    nw = -(-bn // WORD_BITS)
+    partial_rank = np.cumsum(~full) - 1
+    keep = ~full[rank]
+    slot = ((partial_rank[rank[keep]] * bm + rows[keep] % bm) * nw
+            + (cols[keep] % bn) // WORD_BITS)
+    bits = np.left_shift(np.uint32(1), (cols[keep] % bn % WORD_BITS).astype(np.uint32))
+    words = np.zeros(int((~full).sum()) * bm * nw, np.uint32)
+    if slot.shape[0]:
+        starts = np.flatnonzero(np.concatenate([[True], slot[1:] != slot[:-1]]))
+        words[slot[starts]] = np.bitwise_or.reduceat(bits, starts)
+    return qb, kb, counts, full, words
 
 
 def _block_rows(valid: np.ndarray, bm: int) -> np.ndarray:

@@ -337,7 +337,9 @@ def _scheduled_plan(sched: Any, graph: AttentionGraph, ordered: AttentionGraph,
             f"head_dim {sched.head_dim}; this plan has {graph.n_tokens}, {batch}, {heads}, "
             f"{head_dim}")
     cfg = sched.config
-    lay = tile_layout(ordered, (cfg["bm"], cfg["bn"]), pad)
+    lay = getattr(sched, "layout", None)  # solved just now: already laid out (same pad)
+    if lay is None or (lay.tiles.bm, lay.tiles.bn) != (cfg["bm"], cfg["bn"]):
+        lay = tile_layout(ordered, (cfg["bm"], cfg["bn"]), pad)
     items = make_work_items(lay.tiles, sched.max_tiles)
     n_items = int(items.qb.shape[0])
     if n_items != sched.n_items:

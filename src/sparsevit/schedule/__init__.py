@@ -161,6 +161,9 @@ def solve(graph: Any, profile: Any, method: str, *, batch: int, heads: int, head
     None for this GPU's cached one). ``gpu`` (default: the visible GPU, else the profile's)
     must be the profile's GPU. ``max_programs_per_sm`` / ``max_shared_bytes`` tighten the
     per-SM resource limits (e.g. to leave room for a concurrent kernel).
+
+    The returned Schedule also carries ``layout``, the ``planner.Layout`` of its tile
+    shape (not serialised), so that ``sv.plan`` does not lay the tiles out again.
     """
     from sparsevit import planner
     from sparsevit import profile as profile_mod
@@ -194,8 +197,8 @@ def solve(graph: Any, profile: Any, method: str, *, batch: int, heads: int, head
 
     def tiles_of(shape: tuple[int, int]) -> Any:
         if shape not in layouts:
-            layouts[shape] = planner.tile_layout(graph, shape, pad).tiles
-        return layouts[shape]
+            layouts[shape] = planner.tile_layout(graph, shape, pad)
+        return layouts[shape].tiles
 
     def candidate(c: model.Costs, max_tiles: int) -> _Candidate:
         items = planner.make_work_items(tiles_of((c.bm, c.bn)), max_tiles)
@@ -223,12 +226,15 @@ def solve(graph: Any, profile: Any, method: str, *, batch: int, heads: int, head
                     "gap": _gap(cand.predicted(), cand.bound_us)}
         details["launch"] = "grid" if cand.grid else "persistent"
         info.update(objective=cand.predicted(), time_s=time.perf_counter() - t0)
-        return _schedule(method, prof, graph, batch, heads, head_dim, dtype_name, cand,
-                         cand.programs(), cand.predicted(), info, details)
-    best, info = _solve_ilp(graph, all_costs, tiles_of, candidate, n_bh, n_sm, time_limit,
-                            solver, details)
-    return _schedule(method, prof, graph, batch, heads, head_dim, dtype_name, best,
-                     best.programs(), best.predicted(), info, details)
+        chosen = _schedule(method, prof, graph, batch, heads, head_dim, dtype_name, cand,
+                           cand.programs(), cand.predicted(), info, details)
+    else:
+        best, info = _solve_ilp(graph, all_costs, tiles_of, candidate, n_bh, n_sm,
+                                time_limit, solver, details)
+        chosen = _schedule(method, prof, graph, batch, heads, head_dim, dtype_name, best,
+                           best.programs(), best.predicted(), info, details)
+    chosen.layout = layouts[(chosen.config["bm"], chosen.config["bn"])]
+    return chosen
 
 
 def _solve_ilp(graph: Any, all_costs: list[model.Costs], tiles_of: Any, candidate: Any,
