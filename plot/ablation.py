@@ -99,7 +99,7 @@ def _panel(ax: Axes, model: str, res: str, rows: dict[str, dict[str, Any]]) -> d
     ilp = {s: median[s] for s in OURS if s.endswith("ilp") and logs.is_number(median[s])}
     best_ours = min(ilp, key=ilp.__getitem__) if ilp else None
     label = style.speedup_label(baselines, ilp[best_ours] if best_ours else "NS",
-                                text="best baseline / ours")
+                                text="best of FA2 (dense), Flex / ours")
     ax.set_title(f"{model} {res} px\n{label}" + (f" ({best_ours})" if best_ours else ""))
     best_base = min((s for s, v in baselines.items() if logs.is_number(v)),
                     key=baselines.__getitem__, default=None)

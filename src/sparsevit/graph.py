@@ -95,6 +95,8 @@ def make_graph(
     n = adjacency.shape[0]
     if n == 0:
         raise SparseVitError("adjacency is empty (0 tokens)")
+    if sp.issparse(adjacency):
+        _check_finite(adjacency.data, name)
     csr = sp.csr_matrix(adjacency, dtype=bool, copy=True)  # never alter the caller's matrix
     csr.eliminate_zeros()
     csr.sum_duplicates()
@@ -187,4 +189,11 @@ def from_dense(matrix: np.ndarray, name: str) -> AttentionGraph:
         raise SparseVitError(f"{name}: expected a 2-D matrix, got {matrix.ndim}-D")
     if matrix.shape[0] != matrix.shape[1]:
         raise SparseVitError(f"adjacency must be square, got shape {matrix.shape}")
+    _check_finite(matrix, name)
     return make_graph(sp.csr_matrix(matrix != 0), name)
+
+
+def _check_finite(values: np.ndarray, name: str) -> None:
+    """NaN != 0 is True: a mask with NaN or inf would silently attend there."""
+    if values.dtype.kind in "fc" and not np.isfinite(values).all():
+        raise SparseVitError(f"{name}: the mask holds NaN or infinite values; give 0/1 or bool")

@@ -80,12 +80,18 @@ def load_claims(path: Path) -> list[Claim]:
         doc = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise SparseVitError(f"{path}: {e}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("claims", []), list):
+        raise SparseVitError(f'{path}: the top level must be {{"claims": [...]}}')
     claims = []
     for i, item in enumerate(doc.get("claims", [])):
+        if not isinstance(item, dict):
+            raise SparseVitError(f"{path}: claim {i} must be an object, got {item!r}")
         try:
             c = Claim(**{**item, "per": tuple(item["per"]),
                          "exclude_systems": tuple(item.get("exclude_systems", ()))})
-        except (TypeError, KeyError) as e:
+        except KeyError as e:
+            raise SparseVitError(f"{path}: claim {i} has no {e} field") from None
+        except TypeError as e:
             raise SparseVitError(f"{path}: claim {i}: {e}") from None
         bad = [p for p in c.per if p not in NAME_PARTS]
         if bad or c.reduce not in (*REDUCERS, "one") or not c.tolerance > 0:
@@ -250,11 +256,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     root = (args.root or find_root()).resolve()
     results = args.results or newest_results(root)
-    if not results.is_dir():
-        raise SparseVitError(f"results directory {results} does not exist")
+    backup = args.backup or root / "backup_logs"
+    for what, path in (("results", results), ("backup", backup)):
+        if not path.is_dir():
+            raise SparseVitError(f"{what} directory {path} does not exist")
     claims = load_claims(args.claims or root / "ae" / "claims.json")
-    print(f"fresh: {results}\nbackup: {args.backup or root / 'backup_logs'}")
-    judged = check(root, results, args.backup or root / "backup_logs", claims, args.device)
+    print(f"fresh: {results}\nbackup: {backup}")
+    judged = check(root, results, backup, claims, args.device)
     report(judged)
     return 0 if all(j.verdict == "reproduced" for j in judged) else 1
 

@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import datetime as _dt
 import fnmatch
+import re
 import signal
 import subprocess
 import sys
@@ -40,16 +41,32 @@ from sparsevit.kit.state import DirLock, FigureDir
 DEFAULT_CELL_TIMEOUT_S = 3600.0
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 seconds (0: no limit), got {text}")
+    return value
+
+
+def _gpu_ids(text: str) -> str:
+    """'0,1' or GPU UUIDs, as CUDA_VISIBLE_DEVICES takes them."""
+    ids = [g.strip() for g in text.split(",")]
+    if not ids or not all(re.fullmatch(r"\d+|(GPU|MIG)-[0-9A-Za-z/-]+", g) for g in ids):
+        raise argparse.ArgumentTypeError(f"want GPU indices or UUIDs like 0,1, got {text!r}")
+    return ",".join(ids)
+
+
 def add_run_args(p: argparse.ArgumentParser) -> None:
     """Options shared by run-figure and full-run."""
     p.add_argument("--executor", choices=EXECUTORS, default="local",
                    help="local: one GPU, sequential (default); multi-gpu: one worker per "
                         "visible GPU; slurm: a submitit job array")
-    p.add_argument("--cell-timeout", type=float, default=DEFAULT_CELL_TIMEOUT_S, metavar="S",
+    p.add_argument("--cell-timeout", type=_seconds, default=DEFAULT_CELL_TIMEOUT_S, metavar="S",
                    help="seconds one cell may run before it is killed and logged TLE "
                         "(default %(default)g; 0: no limit)")
-    p.add_argument("--gpus", help="GPU ids to use, e.g. 0,1 (default: CUDA_VISIBLE_DEVICES, "
-                                  "else every GPU nvidia-smi lists)")
+    p.add_argument("--gpus", type=_gpu_ids,
+                   help="GPU ids to use, e.g. 0,1 or GPU UUIDs (default: CUDA_VISIBLE_DEVICES, "
+                        "else every GPU nvidia-smi lists)")
     p.add_argument("--cells", help="only cells matching these comma-separated glob patterns "
                                    "(e.g. 'VisionLongformer-*'); default: all")
     p.add_argument("--dry-run", action="store_true", help="list the cells and what is done")

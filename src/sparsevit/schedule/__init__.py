@@ -230,7 +230,7 @@ def solve(graph: Any, profile: Any, method: str, *, batch: int, heads: int, head
                            cand.programs(), cand.predicted(), info, details)
     else:
         best, info = _solve_ilp(graph, all_costs, tiles_of, candidate, n_bh, n_sm,
-                                time_limit, solver, details)
+                                time_limit, solver, details, bounds_exact=pad is False)
         chosen = _schedule(method, prof, graph, batch, heads, head_dim, dtype_name, best,
                            best.programs(), best.predicted(), info, details)
     chosen.layout = layouts[(chosen.config["bm"], chosen.config["bn"])]
@@ -239,14 +239,16 @@ def solve(graph: Any, profile: Any, method: str, *, batch: int, heads: int, head
 
 def _solve_ilp(graph: Any, all_costs: list[model.Costs], tiles_of: Any, candidate: Any,
                n_bh: int, n_sm: int, time_limit: float, solver: str,
-               details: dict[str, Any]) -> tuple[_Candidate, dict[str, Any]]:
+               details: dict[str, Any],
+               bounds_exact: bool) -> tuple[_Candidate, dict[str, Any]]:
     """Best-bound search over (config, occupancy, split); exact placement on the best.
 
     Tile layouts cost a pass over the graph each, so configs are first ranked by a bound
     from every shape's unpadded tile counts (one pass for all shapes: ``tiles_per_block``)
     and a shape is laid out only while its bound can beat the incumbent. (Padding can
     lower a shape's tile count below the unpadded one; for padded graphs this ranking is
-    a heuristic, not a bound.)
+    a heuristic, not a bound: then the pruned configs take no part in the reported lower
+    bound, and the status says that the search was pruned heuristically.)
     """
     t0 = time.perf_counter()
     shapes = sorted({(c.bm, c.bn) for c in all_costs})
@@ -300,7 +302,7 @@ def _solve_ilp(graph: Any, all_costs: list[model.Costs], tiles_of: Any, candidat
     if best_grid is not None and best_grid.predicted() <= best.predicted() * (1 + GRID_MARGIN):
         details["persistent_us"] = best.predicted()
         best = best_grid
-    lower = min([c.bound_us for c in cands] + skipped)
+    lower = min([c.bound_us for c in cands] + (skipped if bounds_exact else []))
     gap = _gap(best.predicted(), lower)
     if gap <= 1e-6:
         status = "optimal"
@@ -308,6 +310,8 @@ def _solve_ilp(graph: Any, all_costs: list[model.Costs], tiles_of: Any, candidat
         status = "optimal placement (rounded latencies), gap vs load bound"
     else:
         status = "time_limit" if "time_limit" in statuses else "feasible"
+    if skipped and not bounds_exact:
+        status += f"; {len(skipped)} configs pruned by a heuristic bound (padded layouts)"
     details.update(launch="grid" if best.grid else "persistent",
                    candidates=len(cands), configs_skipped=len(skipped),
                    shapes_laid_out=len({(c.costs.bm, c.costs.bn) for c in cands}),
@@ -381,7 +385,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("schedule", help="T4: schedule a graph's work from a profile",
                               description=__doc__.split("\n\n", 1)[0])
     add_graph_args(p)
-    p.add_argument("--reorder", default="hilbert")
+    p.add_argument("--reorder", help="token reordering (default: hilbert for a model's "
+                   "grid, rcm for a mask without grid coordinates)")
     p.add_argument("--method", choices=METHODS, default="ilp")
     p.add_argument("--profile", help="profile JSON (default: this GPU's cached profile)")
     p.add_argument("--batch", type=int, default=1)
@@ -402,10 +407,13 @@ def run(args: argparse.Namespace) -> int:
     from sparsevit import reorder
     from sparsevit.cli import build_graph
 
+    if args.time_limit <= 0:
+        raise SparseVitError(f"--time-limit must be positive, got {args.time_limit}")
     t0 = time.perf_counter()
     graph = build_graph(args)
     t1 = time.perf_counter()
-    ordered = reorder.apply(graph, reorder.get(args.reorder)(graph))
+    method = args.reorder or ("hilbert" if graph.grid else "rcm")
+    ordered = reorder.apply(graph, reorder.get(method)(graph))
     t2 = time.perf_counter()
     sched = solve(ordered, args.profile, args.method, batch=args.batch, heads=args.heads,
                   head_dim=args.head_dim, dtype=args.dtype, time_limit=args.time_limit,
