@@ -49,7 +49,9 @@ def _seconds(text: str) -> float:
 
 
 def _gpu_ids(text: str) -> str:
-    """'0,1' or GPU UUIDs, as CUDA_VISIBLE_DEVICES takes them."""
+    """'0,1' or GPU UUIDs, as CUDA_VISIBLE_DEVICES takes them ('' names none)."""
+    if not text.strip():
+        return ""
     ids = [g.strip() for g in text.split(",")]
     if not ids or not all(re.fullmatch(r"\d+|(GPU|MIG)-[0-9A-Za-z/-]+", g) for g in ids):
         raise argparse.ArgumentTypeError(f"want GPU indices or UUIDs like 0,1, got {text!r}")
