@@ -155,9 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       title="predicted makespan vs measured time")
     style.print_table(predictions, title="every schedule's prediction")
     style.print_table(table, title=f"ablation ({device}): every bar")
-    print("\nwrote " + ", ".join(str(p) for p in written))
-    logset.print_warnings()
-    return 0
+    return style.finish(written, logset)
 
 
 if __name__ == "__main__":

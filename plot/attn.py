@@ -173,9 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     written = style.save(fig, args.out, "attn")
     style.print_table(ratios, title=f"attn figure ({device}): best baseline vs sparsevit")
     style.print_table(bars, title=f"attn figure ({device}): median time per backend (us)")
-    print("\nwrote " + ", ".join(str(p) for p in written))
-    logset.print_warnings()
-    return 0
+    return style.finish(written, logset)
 
 
 if __name__ == "__main__":

@@ -361,9 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     style.print_table(table, title=f"{figure} ({device}): every plotted number")
     if notes:
         print("\nnot OK:\n" + "\n".join(f"  {n}" for n in notes))
-    print("\nwrote " + ", ".join(str(p) for p in written))
-    logset.print_warnings()
-    return 0
+    return style.finish(written, logset)
 
 
 if __name__ == "__main__":

@@ -175,9 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     written = style.save(fig, args.out, f"e2e_b{args.batch}_{args.mode}")
     style.print_table(table, title=f"e2e ({device}, batch {args.batch}, {args.mode}): median "
                                    f"ms per backend; speedup over {LABELS[SPEEDUP_OVER]}")
-    print("\nwrote " + ", ".join(str(p) for p in written))
-    logset.print_warnings()
-    return 0
+    return style.finish(written, logset)
 
 
 if __name__ == "__main__":

@@ -88,9 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for model in models:
         style.print_table([r for r in table if r["model"] == model],
                           title=f"overhead ({device}): {model} (stage times in s)")
-    print("\nwrote " + ", ".join(str(p) for p in written))
-    logset.print_warnings()
-    return 0
+    return style.finish(written, logset)
 
 
 if __name__ == "__main__":

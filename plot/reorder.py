@@ -152,9 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     fig, table = draw_fill(logset, models, device)
     written += style.save(fig, args.out, "reorder_fill")
     style.print_table(table, title=f"reorder figure ({device}): tiles touched and fill")
-    print("\nwrote " + ", ".join(str(p) for p in written))
-    logset.print_warnings()
-    return 0
+    return style.finish(written, logset)
 
 
 if __name__ == "__main__":

@@ -172,9 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     style.print_table(growth_table(series),
                       title=f"{FIGURE} ({device}): measured growth vs theoretical, relative "
                             "to each series' first measured point")
-    print("\nwrote " + ", ".join(str(p) for p in written))
-    logset.print_warnings()
-    return 0
+    return style.finish(written, logset)
 
 
 if __name__ == "__main__":

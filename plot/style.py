@@ -155,3 +155,10 @@ def print_table(rows: Sequence[Mapping[str, Any]], title: str = "",
     shown = [{k: format(v, floatfmt) if isinstance(v, float) else v for k, v in row.items()}
              for row in rows]
     print(tabulate(shown, headers="keys", missingval="-", disable_numparse=True))
+
+
+def finish(written: Sequence[Path], logset: Any) -> int:
+    """The end of every figure script: where the files went, then the warning summary."""
+    print("\nwrote " + ", ".join(str(p) for p in written))
+    logset.print_warnings()
+    return 0
