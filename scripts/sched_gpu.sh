@@ -2,10 +2,9 @@
 # Device driver for the scheduling work (T3/T4): writes everything under $OUT.
 #   scripts/sched_gpu.sh smoke   profile this GPU (-> $OUT/profile.json) and run one
 #                                ablation and one overhead cell
-#   scripts/sched_gpu.sh full    every overhead and ablation cell (backup logs) with
+#   scripts/sched_gpu.sh full    every ablation and overhead cell (backup logs) with
 #                                PROFILE (profiling first when it is not of this GPU),
-#                                one worker per GPU pulling cells from a shared queue;
-#                                no cell starts DEADLINE_S seconds after the start
+#                                through the kit runner on every GPU, within DEADLINE_S
 set -uo pipefail
 mode=${1:?usage: $0 smoke|full}
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 SPARSEVIT_CACHE=/tmp/svcache
@@ -20,30 +19,24 @@ if [[ -z $profile ]] || ! grep -q "\"gpu\": \"$gpu\"" "$profile"; then
   profile=$out/profile.json
 fi
 export PROFILE=$profile
-run_cell() {  # figure cell gpu
-  if (( $(date +%s) - start > ${DEADLINE_S:-250} )); then echo "deadline: $1 $2 not run"; return; fi
-  local t0=$(date +%s)
-  CUDA_VISIBLE_DEVICES=$3 timeout "${CELL_TIMEOUT:-150}" ae/$1/run_single.sh "$2" "$out/logs/$1" \
-    > "$out/stdout/$1.$2.txt" 2>&1
-  echo "$1 $2 gpu$3 rc=$? $(( $(date +%s) - t0 )) s"
-}
-mkdir -p "$out/stdout" "$out/claims"
+mkdir -p "$out/stdout"
 if [[ $mode == smoke ]]; then
-  run_cell ablation VisionLongformer-1024 0
-  run_cell overhead VisionLongformer-1024 0
+  for fig in ablation overhead; do
+    timeout "${CELL_TIMEOUT:-150}" ae/$fig/run_single.sh VisionLongformer-1024 "$out/logs/$fig" \
+      > "$out/stdout/$fig.txt" 2>&1
+    echo "$fig VisionLongformer-1024 rc=$?"
+  done
   cat "$out"/stdout/*.txt | grep -v "it/s\]" | tail -40
 else
-  # Heaviest first: 2048 px ablation cells, then the rest, overhead cells last.
-  mapfile -t queue < <(bash ae/ablation/cells.sh | sort -t- -k2 -nr | sed 's/^/ablation /';
-                       bash ae/overhead/cells.sh | sort -t- -k2 -nr | sed 's/^/overhead /')
-  n_gpu=$(nvidia-smi -L | wc -l)
-  for ((g = 0; g < n_gpu; g++)); do
-    (for item in "${queue[@]}"; do
-       set -- $item
-       mkdir "$out/claims/$1.$2" 2>/dev/null && run_cell "$1" "$2" "$g"
-     done) &
+  # The kit runner: one worker per GPU, a TLE log for a cell over its limit; what is
+  # still running at the deadline is ended cleanly and stays not done.
+  for fig in ablation overhead; do
+    left=$(( ${DEADLINE_S:-250} - ($(date +%s) - start) ))
+    (( left > 0 )) || { echo "deadline: $fig not started"; continue; }
+    timeout --signal=TERM "$left" ae/run_figure.sh "$fig" "$out/logs/$fig" \
+      --executor multi-gpu --cell-timeout "${CELL_TIMEOUT:-150}" > "$out/stdout/$fig.txt" 2>&1
+    echo "$fig rc=$?"
   done
-  wait
 fi
 [[ -d $out/logs ]] && tar czf "$out/logs.tgz" -C "$out/logs" .
 tar czf "$out/stdout.tgz" -C "$out/stdout" .
