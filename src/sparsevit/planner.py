@@ -81,17 +81,23 @@ def tile_layout(graph: AttentionGraph, tile: tuple[int, int], pad: str | bool = 
     if pad not in ("auto", True, False):
         raise SparseVitError(f"pad must be 'auto', True or False, got {pad!r}")
     n = graph.n_tokens
-    plain = Layout(order_tiles(extract_tiles(graph.adjacency, tile)), np.arange(n), n)
+
+    def unpadded() -> Layout:
+        return Layout(order_tiles(extract_tiles(graph.adjacency, tile)), np.arange(n), n)
+
     if pad is False:
-        return plain
+        return unpadded()
     positions, n_pos = layout.pad_positions(graph, tile)
-    if n_pos == n and pad == "auto":
-        return plain
+    if n_pos == n:  # increasing positions with no gap: nothing to pad
+        return unpadded()
     valid = np.zeros(n_pos, bool)
     valid[positions] = True
     adj = layout.padded_adjacency(graph.adjacency, positions, n_pos)
     padded = Layout(order_tiles(extract_tiles(adj, tile, row_valid=valid)), positions, n_pos)
-    return padded if pad is True or tile_cost(padded.tiles) < tile_cost(plain.tiles) else plain
+    if pad is True:
+        return padded
+    plain = unpadded()
+    return padded if tile_cost(padded.tiles) < tile_cost(plain.tiles) else plain
 
 
 def make_work_items(tiles: TileSet, max_tiles: int | None = None) -> WorkItems:
