@@ -23,6 +23,9 @@ DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 # Elementwise |out - ref| <= atol + rtol * |ref| against the fp32 reference. Rounding the
 # probabilities and the output to 8 (bf16) or 11 (fp16) mantissa bits stays well inside.
 TOLERANCE = {"bf16": (2e-2, 2e-2), "fp16": (5e-3, 5e-3)}
+# The header keys of the plan tuned for pre-ordered inputs (logged as ordered_plan_*).
+ORDERED_PLAN_KEYS = ("plan_tile", "plan_num_warps", "plan_num_stages", "plan_positions",
+                     "plan_us", "plan_tuned_us", "plan_s")
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -98,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from sparsevit import timing
-    from sparsevit.baselines import REGISTRY
+    from sparsevit.baselines import ORIGINAL, PLAN_ORDER, REGISTRY
 
     for what in ("batch", "heads", "head_dim", "resolution", "patch"):
         if getattr(args, what) <= 0:
@@ -114,8 +117,17 @@ def run(args: argparse.Namespace) -> int:
     dev = provenance.device_tag(info)
 
     plan, plan_info = None, {}
+    plans = {}  # baseline token order -> the plan it runs (tuned for that input form)
     if any(REGISTRY[n].needs_plan for n in names):
         plan, plan_info = _make_plan(graph, args, tile, dtype, device)
+        plans = {ORIGINAL: plan, PLAN_ORDER: plan}
+        if plan is not None and any(REGISTRY[n].order == PLAN_ORDER for n in names):
+            ordered_plan, ordered_info = _make_plan(graph, args, tile, dtype, device,
+                                                    ordered=True)
+            if ordered_plan is not None:
+                plans[PLAN_ORDER] = ordered_plan
+            plan_info.update({f"ordered_{key}": val for key, val in ordered_info.items()
+                              if key in ORDERED_PLAN_KEYS})
     peaks = timing.measure_peaks(device)
 
     shape = (args.batch, args.heads, graph.n_tokens, args.head_dim)
@@ -124,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     inputs = {"original": (q, k, v)}
     if plan is not None:  # the reordered baselines' token order, and the plan's padded form
         inputs["reordered"] = tuple(t.index_select(2, plan.token_order) for t in (q, k, v))
-        inputs["plan"] = tuple(plan.permute(t) for t in (q, k, v))
+        inputs["plan"] = tuple(plans[PLAN_ORDER].permute(t) for t in (q, k, v))
 
     flops = timing.attention_flops(graph.nnz, args.head_dim, args.heads, args.batch)
     n_bytes = timing.attention_bytes(graph.n_tokens, args.head_dim, args.heads, args.batch,
@@ -156,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             if args.check and base.dense not in refs:
                 refs[base.dense] = _reference(q, k, v, None if base.dense else graph)
-            row = measure_backend(name, plan if plan is not None else graph,
+            row = measure_backend(name, plans.get(base.order, plan) or graph,
                            inputs[base.order],
                            refs.get(base.dense), args.dtype, flops, floor,
                            args.backend_timeout)
@@ -177,16 +189,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _make_plan(graph: AttentionGraph, args: argparse.Namespace, tile: Any, dtype: Any,
-               device: str) -> tuple[Any, dict[str, Any]]:
-    """(plan or None, header entries). Bad arguments raise; a planner crash (its kernel
-    autotuning, say) only fails the backends that need the plan."""
+               device: str, ordered: bool = False) -> tuple[Any, dict[str, Any]]:
+    """(plan or None, header entries), tuned for original-order inputs or, ``ordered``,
+    plan-order ones. Bad arguments raise; a planner crash (its kernel autotuning, say)
+    only fails the backends that need the plan."""
     import sparsevit as sv
     from sparsevit.baselines import classify
 
     t0 = time.perf_counter()
     try:
         plan = sv.plan(graph, reorder=args.reorder, tile=tile, heads=args.heads,
-                       head_dim=args.head_dim, device=device, batch=args.batch, dtype=dtype)
+                       head_dim=args.head_dim, device=device, batch=args.batch, dtype=dtype,
+                       ordered=ordered)
     except SparseVitError:
         raise
     except Exception as e:  # the run goes on without sparsevit

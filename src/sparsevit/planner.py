@@ -8,6 +8,7 @@ items, sorts the items longest first and moves the index arrays to the device.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ class WorkItems:
     cost: np.ndarray
     tcol: np.ndarray
 
-    @property
+    @functools.cached_property
     def n_slots(self) -> int:
         return int((self.slot >= 0).sum())
 
@@ -212,18 +213,21 @@ def one_loop(tiles: TileSet) -> bool:
 def _device_arrays(tiles: TileSet, items: WorkItems, device: torch.device,
                    programs: tuple[np.ndarray, np.ndarray] | None = None,
                    ) -> dict[str, torch.Tensor]:
-    def dev(a: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(np.ascontiguousarray(a)).to(device=device, dtype=torch.int32)
+    """The kernel's int32 inputs, packed row-wise so a launch passes few pointers: items
+    (query block, t0, tmid, tcol, t1, slot), tiles (key block, mask id), splits (query
+    block, s0, s1), bitmasks and the persistent program lists."""
+    def dev(*columns: np.ndarray) -> torch.Tensor:
+        packed = np.stack(columns, axis=1) if len(columns) > 1 else columns[0]
+        return torch.as_tensor(np.ascontiguousarray(packed)).to(device=device, dtype=torch.int32)
 
     bitmasks = kernel_bitmasks(tiles.bitmasks) if tiles.bitmasks.size else np.zeros(1, np.int32)
     prog_ptr, prog_units = programs if programs is not None else (np.zeros(1), np.zeros(1))
     return {
+        "items": dev(items.qb, items.t0, items.tmid, items.tcol, items.t1, items.slot),
+        "tiles": dev(tiles.col_block, tiles.mask_id), "bitmasks": dev(bitmasks),
+        "splits": dev(items.split_qb, items.split_s0, items.split_s1),
         "prog_ptr": dev(prog_ptr), "prog_units": dev(prog_units),
-        "item_qb": dev(items.qb), "item_t0": dev(items.t0), "item_tmid": dev(items.tmid),
-        "item_tcol": dev(items.tcol), "item_t1": dev(items.t1), "item_slot": dev(items.slot),
-        "col_block": dev(tiles.col_block), "mask_id": dev(tiles.mask_id), "bitmasks": dev(bitmasks),
-        "split_qb": dev(items.split_qb), "split_s0": dev(items.split_s0),
-        "split_s1": dev(items.split_s1),
+        "no_workspace": torch.empty(1, device=device, dtype=torch.float32),
     }
 
 
@@ -244,13 +248,16 @@ def plan(graph: AttentionGraph, reorder: str = "hilbert", tile: str | tuple[int,
          max_tiles: int | None = None, num_warps: int | None = None,
          num_stages: int | None = None, batch: int = 1,
          dtype: torch.dtype = torch.bfloat16, schedule: Any = None, profile: Any = None,
-         pad: str | bool = "auto") -> Plan:
+         pad: str | bool = "auto", ordered: bool = False) -> Plan:
     """Build the reusable execution plan of ``graph`` for the block-sparse kernel.
 
     ``reorder="auto"`` takes the method needing the fewest tiles at the (first) tile shape.
     ``tile="auto"`` (CUDA only) times every shape in TILE_CANDIDATES; on CUDA, warps and
     stages left as None are chosen by timing LAUNCH_CANDIDATES on random (batch, heads,
-    N, head_dim) inputs of ``dtype``. The timings and the choice land in ``plan.config``.
+    N, head_dim) inputs of ``dtype``, in the form the plan will be called with: original
+    token order, or plan order with ``ordered=True`` (as ``sv.attention(..., ordered=True)``
+    gets them; that form moves tiles by bulk copies, so its best config can differ). The
+    timings and the choice land in ``plan.config``.
 
     ``schedule`` (T4) replaces that choice: one of SCHEDULE_METHODS (solved now by
     ``sparsevit.schedule.solve`` from ``profile``, a T3 profile or a path to one, or the
@@ -276,33 +283,39 @@ def plan(graph: AttentionGraph, reorder: str = "hilbert", tile: str | tuple[int,
     if reorder == "auto":
         reorder, reorder_tiles = choose_reorder(graph, shapes[0])
     perm = reorder_mod.get(reorder)(graph)
-    ordered = reorder_mod.apply(graph, perm)
+    reordered = reorder_mod.apply(graph, perm)
     if schedule is not None:
-        chosen = _resolve_schedule(schedule, ordered, profile, batch, heads, head_dim, dtype,
+        chosen = _resolve_schedule(schedule, reordered, profile, batch, heads, head_dim, dtype,
                                    pad)
-        return _scheduled_plan(chosen, graph, ordered, perm, reorder, device, heads, head_dim,
+        return _scheduled_plan(chosen, graph, reordered, perm, reorder, device, heads, head_dim,
                                batch, pad)
     tune = device.type == "cuda" and (auto_tile or num_warps is None or num_stages is None)
     best: Plan | None = None
     timings: dict[str, float] = {}
     for bm, bn in shapes:
-        lay = tile_layout(ordered, (bm, bn), pad)
+        lay = tile_layout(reordered, (bm, bn), pad)
         items = make_work_items(lay.tiles, max_tiles)
         launches = ([(num_warps or w, num_stages or s) for w, s in LAUNCH_CANDIDATES]
                     if tune else [(num_warps or (8 if bm >= 128 else 4), num_stages or 2)])
-        for warps, stages in dict.fromkeys(launches):
+        launches = list(dict.fromkeys(launches))
+        fits = False
+        for warps, stages in launches:  # grows by one single-stage try if nothing fits
             candidate = _assemble(
-                graph, ordered, perm, reorder, lay, items, device, heads, head_dim,
+                graph, reordered, perm, reorder, lay, items, device, heads, head_dim,
                 {"tile": f"{bm}x{bn}", "num_warps": warps, "num_stages": stages,
                  "one_loop": one_loop(lay.tiles), "padded": lay.n_positions != graph.n_tokens,
+                 **({"tuned_ordered": ordered} if tune else {}),
                  **({"reorder_tiles": reorder_tiles} if reorder_tiles else {})})
             if not tune:
                 return candidate
             try:
-                us = _time_plan(candidate, batch, dtype)
+                us = _time_plan(candidate, batch, dtype, ordered)
             except OutOfResources:  # e.g. fp32 128-wide tiles at head_dim 128: skip it
                 timings[f"{bm}x{bn}/w{warps}/s{stages}"] = "out of resources"
+                if not fits and (warps, stages) == launches[-1] and stages > 1:
+                    launches.append((warps, 1))  # one buffer per operand: the least memory
                 continue
+            fits = True
             timings[f"{bm}x{bn}/w{warps}/s{stages}"] = round(us, 2)
             if best is None or us < best.config["us"]:
                 candidate.config["us"] = us
@@ -389,13 +402,14 @@ def _scheduled_plan(sched: Any, graph: AttentionGraph, ordered: AttentionGraph,
                      programs, batch * heads)
 
 
-def _time_plan(candidate: Plan, batch: int, dtype: torch.dtype) -> float:
+def _time_plan(candidate: Plan, batch: int, dtype: torch.dtype, ordered: bool) -> float:
     """Median µs of the kernel for random inputs (triton.testing.do_bench flushes L2)."""
     import triton.testing
 
     from sparsevit.ops import attention
 
-    q, k, v = (torch.randn(batch, candidate.heads, candidate.n_tokens, candidate.head_dim,
+    n = candidate.n_positions if ordered else candidate.n_tokens
+    q, k, v = (torch.randn(batch, candidate.heads, n, candidate.head_dim,
                            device=candidate.device, dtype=dtype) for _ in range(3))
-    return 1e3 * triton.testing.do_bench(lambda: attention(q, k, v, candidate),
+    return 1e3 * triton.testing.do_bench(lambda: attention(q, k, v, candidate, ordered=ordered),
                                          warmup=10, rep=30, return_mode="median")

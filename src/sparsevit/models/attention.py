@@ -351,10 +351,12 @@ class AttentionContext:
 
         opts = self.plan_options
         t0 = time.perf_counter()
+        # Tuned on plan-ordered inputs: the form the model calls unless a padded plan's
+        # rows are gathered (then the config is still valid, tuned on the other form).
         plan = sv.plan(ordered, reorder="none", tile=opts.tile, heads=heads,
                        head_dim=head_dim, device=device, batch=batch, pad=opts.pad,
                        dtype=dtype if dtype in (torch.float16, torch.bfloat16)
-                       else torch.bfloat16)
+                       else torch.bfloat16, ordered=True)
         self.plan_seconds += time.perf_counter() - t0
         padded = plan.n_positions != plan.n_tokens
         if padded and opts.padding == "carry":
