@@ -31,14 +31,16 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, ordere
         raise SparseVitError(f"inputs are on {q.device}, plan on {plan.device}")
 
 
-# Bulk copies pay off on launches of many work units; below this the descriptors' host
-# cost (~25 µs a call on the H200 host, three of them) outweighs them (VL 4k, 840 units:
-# 43.8 µs pointers, 45.4 bulk copies; VL 16k, 3,216 units: 142 -> 130).
+# Bulk copies pay off on launches of many work units; on small ones the three descriptors'
+# host cost and setup outweigh them. scripts/kernel_variants.py on an H200 (bf16, d=64,
+# 64x64/w4/s2, copies forced on): VL 4k (840 units) 44.1 µs pointers, 55.7 bulk copies;
+# VL 16k (3,216 units) 142.3 -> 131.5.
 TMA_MIN_UNITS = 2048
 # With bulk copies, a 4-warp program whose score and accumulator tiles are at most 64x64
 # fits in 96 registers without spilling (ptxas, sm_90a): five programs per SM instead of
-# four. Measured on an H200 (bf16, d=64, ordered): VL 16k 133.6 -> 129.9 µs, RegionViT 16k
-# 46.9 -> 42.8, DynamicViT 298 -> 290. Larger tiles spill under that cap.
+# four. Same run, bulk copies without -> with the cap: RegionViT 16k 45.2 -> 43.6 µs,
+# DynamicViT 286.6 -> 279.0, VL 16k 131.5 -> 132.0 (s3: 131.4 -> 129.1). Larger tiles
+# spill under that cap.
 TMA_MAXNREG = 96
 
 

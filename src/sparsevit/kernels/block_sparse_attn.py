@@ -36,7 +36,7 @@ which work shares a program.
 With TMA (ordered inputs), Q, K and V arrive as (B, H, N, D) tensor descriptors and
 every tile moves by a bulk tensor copy: no per-row address or bounds arithmetic in the
 loop, and the copy engine zero-fills rows past N. (Descriptors made on the device per
-program cost more than they save: RegionViT 16k went 46 -> 62 µs.)
+program cost more than they save: RegionViT 16k went 46 -> 62 µs in a one-off H200 run.)
 
 With GATHER, logical row r lives at memory row ``row_map[r]``: q, k, v and o stay in the
 caller's token order and the reordering costs no extra pass over memory. A padding
