@@ -16,6 +16,7 @@ from sparsevit.blocks import (
     WORD_BITS,
     DenseBlock,
     blocks_stats,
+    dense_spans,
     extract_tiles,
     grow_blocks,
     parse_tile,
@@ -326,3 +327,38 @@ def test_tiles_in_small_chunks_match_brute_force(mask):
             check_tiles(mask, bm, bn)
     finally:
         blocks_mod.CHUNK_ENTRIES = saved
+
+
+def _clique(n: int, lo: int, hi: int) -> sp.csr_matrix:
+    """Tokens [lo, hi) attend each other; every other token only itself."""
+    adj = np.eye(n, dtype=bool)
+    adj[lo:hi, lo:hi] = True
+    return sp.csr_matrix(adj)
+
+
+@pytest.mark.parametrize(("n", "lo", "hi", "tile"), [
+    (300, 0, 150, (32, 32)),    # the key range ends inside a tile (DynamicViT's clique)
+    (300, 20, 200, (32, 64)),   # ... and starts inside one
+    (256, 0, 256, (64, 64)),    # all dense, aligned
+    (250, 0, 250, (16, 32)),    # all dense, the last tiles cut by the sequence end
+])
+def test_dense_spans_cover_interior_blocks_of_a_clique(n, lo, hi, tile) -> None:
+    tiles = extract_tiles(_clique(n, lo, hi), tile)
+    spans = dense_spans(tiles, min_rows=2, min_keys=2)
+    bm = tile[0]
+    # Blocks wholly inside the clique (a block cut by the sequence end stays with the kernel).
+    assert spans.tolist() == [[-(-lo // bm) * bm, hi // bm * bm, lo, hi]]
+    # Every row of the span attends exactly its key range.
+    dense = tiles.dense_mask()
+    r0, r1, c0, c1 = spans[0]
+    assert dense[r0:r1, c0:c1].all() and dense[r0:r1].sum() == (r1 - r0) * (c1 - c0)
+
+
+def test_dense_spans_size_limits_and_none_in_sparse_graphs() -> None:
+    tiles = extract_tiles(_clique(300, 0, 150), (32, 32))
+    assert dense_spans(tiles, min_rows=129, min_keys=1).shape == (0, 4)
+    assert dense_spans(tiles, min_rows=1, min_keys=151).shape == (0, 4)
+    # Blocks of tokens attending only themselves (a diagonal) are no range; nor are windows.
+    assert dense_spans(tiles, 1, 1).shape[0] == 1
+    vl = masks.vision_longformer((16, 16), window=5)
+    assert dense_spans(extract_tiles(vl.matrix, (16, 16)), 2, 2).shape == (0, 4)

@@ -81,8 +81,9 @@ def case_params(i: int):
 @pytest.mark.parametrize("i", range(N_FUZZ))
 def test_fuzz_matches_reference(i: int) -> None:
     graph, tile, d, dtype, max_tiles, reorder, b, h = case_params(i)
+    # Every 4th case hands its dense rectangles (if any) to the vendor kernel.
     plan = sv.plan(graph, reorder=reorder, tile=tile, heads=h, head_dim=d, device=DEVICE,
-                   max_tiles=max_tiles, dtype=dtype)
+                   max_tiles=max_tiles, dtype=dtype, dense=i % 4 == 0)
     gen = torch.Generator().manual_seed(i)
     q, k, v = (torch.randn(b, h, graph.n_tokens, d, generator=gen).to(DEVICE, dtype)
                for _ in range(3))
@@ -271,3 +272,37 @@ def test_one_loop_and_three_loops_agree(name: str) -> None:
         outs[one] = sv.attention(q, k, v, plan)
     assert rel_err(outs[True], reference(q, k, v, g.adjacency)) < FP32_TOL
     assert rel_err(outs[True], outs[False]) < FP32_TOL
+
+
+@pytest.mark.parametrize(("name", "tile"), [("dynamicvit", (16, 32)), ("dynamicvit", (32, 16)),
+                                            ("dense", (32, 32))])
+def test_dense_rectangles_in_vendor_kernel(name: str, tile: tuple[int, int]) -> None:
+    """Query blocks attending one key range in full run as dense SDPA (none of their work
+    items remain); the rest runs tile by tile. Both forms give the reference. A fully
+    dense graph leaves the block-sparse kernel nothing to launch."""
+    graph = (sv.masks.dynamicvit((14, 14), keep=0.5) if name == "dynamicvit"
+             else sv.masks.from_matrix(np.ones((128, 128), bool)))
+    plan = sv.plan(graph, reorder="rcm", tile=tile, heads=2, head_dim=32, device=DEVICE,
+                   dense=True)
+    tiles_only = sv.plan(graph, reorder="rcm", tile=tile, heads=2, head_dim=32, device=DEVICE,
+                         dense=False)
+    assert plan.dense.shape[0] >= 1 and plan.config["dense"] == plan.dense.tolist()
+    assert plan.items.qb.shape[0] < tiles_only.items.qb.shape[0]
+    covered = plan.dense[:, 0] // tile[0]
+    assert not np.isin(plan.items.qb, covered).any()
+    q, k, v = (torch.randn(2, 2, graph.n_tokens, 32).to(DEVICE) for _ in range(3))
+    ref = reference(q, k, v, graph.adjacency)
+    out = sv.attention(q, k, v, plan)
+    assert rel_err(out, ref) < FP32_TOL
+    ordered = sv.attention(*(plan.permute(t) for t in (q, k, v)), plan, ordered=True)
+    assert rel_err(plan.unpermute(ordered), ref) < FP32_TOL
+    if name == "dense":
+        assert plan.items.qb.shape[0] == plan.tiles.n_query_blocks - plan.dense[0, 1] // tile[0]
+
+
+def test_dense_option_checked_and_auto_keeps_small_rectangles_tiled() -> None:
+    g = sv.masks.dynamicvit((14, 14), keep=0.5)
+    with pytest.raises(SparseVitError, match="dense"):
+        sv.plan(g, device=DEVICE, head_dim=32, dense="yes")
+    # "auto" only hands over rectangles of DENSE_MIN_TOKENS rows and keys.
+    assert sv.plan(g, reorder="rcm", tile=(16, 16), head_dim=32, device=DEVICE).dense.size == 0

@@ -58,7 +58,8 @@ def test_bulk_copy_path_matches_pointer_path(name, monkeypatch) -> None:
     import sparsevit.ops as ops
 
     build, reorder = CASES[name]
-    plan = sv.plan(build(), reorder=reorder, heads=12, head_dim=64, device="cuda", ordered=True)
+    plan = sv.plan(build(), reorder=reorder, heads=12, head_dim=64, device="cuda", ordered=True,
+                   dense=False)
     assert plan.config["tuned_ordered"] is True
     assert plan.items.qb.shape[0] * 12 >= ops.TMA_MIN_UNITS
     q, k, v = (torch.randn(1, 12, plan.n_positions, 64, device="cuda", dtype=torch.bfloat16)
@@ -67,3 +68,21 @@ def test_bulk_copy_path_matches_pointer_path(name, monkeypatch) -> None:
     monkeypatch.setattr(ops, "TMA_MIN_UNITS", 1 << 62)
     pointers = sv.attention(q, k, v, plan, ordered=True)
     assert torch.equal(bulk, pointers)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("ordered", [False, True])
+def test_dense_rectangle_in_vendor_kernel(ordered) -> None:
+    """DynamicViT's kept-token clique runs in SDPA beside the block-sparse remainder (on a
+    side stream) and gives the tile path's result within bf16 tolerance, in both forms."""
+    g = CASES["DynamicViT"][0]()
+    kw = dict(reorder="rcm", heads=12, head_dim=64, device="cuda", num_warps=4, num_stages=2)
+    vendor, tiles_only = sv.plan(g, dense=True, **kw), sv.plan(g, dense=False, **kw)
+    assert (vendor.dense[:, 1] - vendor.dense[:, 0]).max() > 5000
+    assert vendor.items.qb.shape[0] < tiles_only.items.qb.shape[0]
+    n = vendor.n_positions if ordered else g.n_tokens
+    q, k, v = (torch.randn(1, 12, n, 64, device="cuda", dtype=torch.bfloat16)
+               for _ in range(3))
+    a = sv.attention(q, k, v, vendor, ordered=ordered).float()
+    b = sv.attention(q, k, v, tiles_only, ordered=ordered).float()
+    assert ((a - b).norm() / b.norm()).item() < 1e-2

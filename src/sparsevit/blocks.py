@@ -107,6 +107,62 @@ class TileSet:
         return out[:n, :n]
 
 
+def dense_spans(tiles: TileSet, min_rows: int = 1, min_keys: int = 1) -> np.ndarray:
+    """Runs of query blocks whose rows all attend one contiguous key range, every key of
+    it: (k, 4) int64 rows [r0, r1) and keys [c0, c1) in positions (rows clipped to
+    ``n_tokens``), at least ``min_rows`` x ``min_keys``. Such a rectangle is plain dense
+    attention, which a vendor kernel can run (``sv.plan(..., dense=...)``).
+
+    A block qualifies when its tiles cover consecutive key blocks, all full except the
+    two ends, which may be column tiles whose shared bits run from the interior edge (the
+    key range starts or ends inside them): DynamicViT's kept-token clique ends mid-tile.
+    """
+    counts = np.diff(tiles.row_ptr)
+    busy = np.flatnonzero(counts > 0)
+    if busy.size == 0:
+        return np.zeros((0, 4), np.int64)
+    starts = tiles.row_ptr[busy]
+    kmin = np.minimum.reduceat(tiles.col_block, starts)
+    kmax = np.maximum.reduceat(tiles.col_block, starts)
+    n_full = np.add.reduceat(tiles.full.astype(np.int64), starts)
+    n_ends = np.minimum(counts[busy], 2)
+    maybe = (kmax - kmin + 1 == counts[busy]) & (counts[busy] - n_full <= n_ends)
+    span = np.full((tiles.n_query_blocks, 2), -1, np.int64)
+    bit = np.arange(tiles.bn)
+    for qb, k0, k1 in zip(busy[maybe], kmin[maybe], kmax[maybe], strict=True):
+        c0, c1 = int(k0) * tiles.bn, (int(k1) + 1) * tiles.bn
+        ok = True
+        for t in range(tiles.row_ptr[qb], tiles.row_ptr[qb + 1]):
+            if tiles.full[t]:
+                continue
+            words = tiles.bitmasks[tiles.mask_id[t], 0].view(np.uint32)
+            on = ((words[bit // WORD_BITS] >> (bit % WORD_BITS)) & 1).astype(bool)
+            n_on = int(on.sum())
+            if not tiles.cols[t] or n_on == 0:
+                ok = False
+            elif tiles.col_block[t] == k1 and on[:n_on].all():  # the range ends inside
+                c1 = int(k1) * tiles.bn + n_on
+            elif tiles.col_block[t] == k0 and k0 != k1 and on[tiles.bn - n_on:].all():
+                c0 = (int(k0) + 1) * tiles.bn - n_on  # ... or starts inside
+            else:
+                ok = False
+        if ok:
+            span[qb] = (c0, c1)
+    runs = []
+    qb = 0
+    while qb < tiles.n_query_blocks:
+        end = qb + 1
+        if span[qb, 0] >= 0:
+            while end < tiles.n_query_blocks and (span[end] == span[qb]).all():
+                end += 1
+            r0, r1 = qb * tiles.bm, min(end * tiles.bm, tiles.n_tokens)
+            c0, c1 = (int(c) for c in span[qb])
+            if r1 - r0 >= min_rows and c1 - c0 >= min_keys:
+                runs.append((r0, r1, c0, c1))
+        qb = end
+    return np.asarray(runs, np.int64).reshape(-1, 4)
+
+
 def parse_tile(spec: str | tuple[int, int]) -> tuple[int, int]:
     """'64x64' or (64, 64) -> (64, 64), each side one of TILE_SIZES."""
     if isinstance(spec, str):

@@ -20,7 +20,7 @@ from triton.runtime.errors import OutOfResources
 
 from sparsevit import layout
 from sparsevit import reorder as reorder_mod
-from sparsevit.blocks import TileSet, extract_tiles, parse_tile
+from sparsevit.blocks import TileSet, dense_spans, extract_tiles, parse_tile
 from sparsevit.errors import SparseVitError
 from sparsevit.graph import AttentionGraph
 from sparsevit.kernels.block_sparse_attn import kernel_bitmasks
@@ -106,8 +106,11 @@ def tile_layout(graph: AttentionGraph, tile: tuple[int, int], pad: str | bool = 
 MAX_SPLIT = 32  # default cap on the pieces of one heavy query block
 
 
-def make_work_items(tiles: TileSet, max_tiles: int | None = None) -> WorkItems:
+def make_work_items(tiles: TileSet, max_tiles: int | None = None,
+                    skip: np.ndarray | None = None) -> WorkItems:
     """Cut query blocks longer than ``max_tiles`` into even chunks; order longest first.
+    Query blocks marked in ``skip`` (bool per block) get no item: another kernel writes
+    them (``dense_spans``).
 
     By default ``max_tiles`` is twice the mean tile count of non-empty query blocks
     (at least 8), so a global row's block becomes many items of ordinary length -- but
@@ -115,14 +118,17 @@ def make_work_items(tiles: TileSet, max_tiles: int | None = None) -> WorkItems:
     another (ViL-S at 2048 px, 262k tokens: 205 pieces cost 369 µs of combining).
     """
     counts = np.diff(tiles.row_ptr).astype(np.int64)
-    if max_tiles is None:
-        busy = counts[counts > 0]
-        max_tiles = max(8, 2 * math.ceil(busy.mean())) if busy.size else 8
-        max_tiles = max(max_tiles, -(-int(counts.max(initial=0)) // MAX_SPLIT))
     qb_of = np.repeat(np.arange(counts.shape[0]), counts)
     n_full = np.bincount(qb_of[tiles.full], minlength=counts.shape[0])
     n_cols = np.bincount(qb_of[tiles.cols], minlength=counts.shape[0])
+    kept = counts if skip is None else np.where(skip, 0, counts)
+    if max_tiles is None:
+        busy = kept[kept > 0]
+        max_tiles = max(8, 2 * math.ceil(busy.mean())) if busy.size else 8
+        max_tiles = max(max_tiles, -(-int(kept.max(initial=0)) // MAX_SPLIT))
     chunks = np.maximum(1, -(-counts // max_tiles))
+    if skip is not None:
+        chunks[skip] = 0
     qb = np.repeat(np.arange(counts.shape[0]), chunks)
     part = np.arange(qb.shape[0]) - np.repeat(np.cumsum(chunks) - chunks, chunks)
     start = tiles.row_ptr[:-1][qb].astype(np.int64)
@@ -161,6 +167,9 @@ class Plan:
     # of prog_units (unit = item * units_bh + batch*head); None = one program per unit.
     programs: tuple[np.ndarray, np.ndarray] | None = None
     units_bh: int | None = None  # batch * heads the schedule's units were laid out for
+    # Dense rectangles run by the vendor kernel instead: rows [r0, r1), keys [c0, c1) in
+    # positions, one row each; their query blocks have no work items.
+    dense: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))
 
     @property
     def n_tokens(self) -> int:
@@ -188,6 +197,16 @@ class Plan:
         """(..., n_positions, D) in plan order -> (..., N, D) in original token order."""
         return x.index_select(-2, self.inv_perm)
 
+    @functools.cached_property
+    def dense_tokens(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(query tokens, key tokens) of each dense rectangle, in original token order
+        (padding positions dropped): what the gathered form selects."""
+        spans = []
+        for r0, r1, c0, c1 in self.dense.tolist():
+            rows, keys = self.perm[r0:r1], self.perm[c0:c1]
+            spans.append((rows[rows < self.n_tokens], keys[keys < self.n_tokens]))
+        return spans
+
     def describe(self) -> dict[str, Any]:
         return {
             "graph": self.original.name, "tokens": self.n_tokens, "nnz": self.graph.nnz,
@@ -198,6 +217,10 @@ class Plan:
 
 
 TILE_CANDIDATES = ((64, 64), (128, 64), (32, 64), (128, 128), (64, 32))
+# With dense="auto", dense rectangles of at least this many rows and keys go to the vendor
+# kernel (tuning keeps them only where that is faster). DynamicViT at 2048 px: 5,568 x
+# 5,621 tokens of its 16,385.
+DENSE_MIN_TOKENS = 1024
 # The kernel's ONE_LOOP form when at most this fraction of tiles is full. Measured on an
 # H200 (bf16, d=64, 16k tokens): one loop is 4-10% faster on Vision Longformer (20% full)
 # and RegionViT (0-50% full), 10-12% slower on DynamicViT (96% full).
@@ -231,6 +254,25 @@ def _device_arrays(tiles: TileSet, items: WorkItems, device: torch.device,
     }
 
 
+def find_dense(tiles: TileSet, dense: str | bool) -> np.ndarray:
+    """The dense rectangles (``dense_spans``) a plan hands to the vendor kernel: none
+    (False), all (True) or those of at least DENSE_MIN_TOKENS rows and keys ("auto")."""
+    if dense not in ("auto", True, False):
+        raise SparseVitError(f"dense must be 'auto', True or False, got {dense!r}")
+    if dense is False:
+        return np.zeros((0, 4), np.int64)
+    least = 1 if dense is True else DENSE_MIN_TOKENS
+    return dense_spans(tiles, least, least)
+
+
+def dense_blocks(tiles: TileSet, spans: np.ndarray) -> np.ndarray:
+    """Bool per query block: inside the rows of one of ``spans``."""
+    skip = np.zeros(tiles.n_query_blocks, bool)
+    for r0, r1 in spans[:, :2].tolist():
+        skip[r0 // tiles.bm:-(-r1 // tiles.bm)] = True
+    return skip
+
+
 def choose_reorder(graph: AttentionGraph, tile: tuple[int, int]) -> tuple[str, dict[str, int]]:
     """The reorder method whose order needs the fewest tiles (least computed work)."""
     counts = {}
@@ -248,7 +290,8 @@ def plan(graph: AttentionGraph, reorder: str = "hilbert", tile: str | tuple[int,
          max_tiles: int | None = None, num_warps: int | None = None,
          num_stages: int | None = None, batch: int = 1,
          dtype: torch.dtype = torch.bfloat16, schedule: Any = None, profile: Any = None,
-         pad: str | bool = "auto", ordered: bool = False) -> Plan:
+         pad: str | bool = "auto", ordered: bool = False,
+         dense: str | bool = "auto") -> Plan:
     """Build the reusable execution plan of ``graph`` for the block-sparse kernel.
 
     ``reorder="auto"`` takes the method needing the fewest tiles at the (first) tile shape.
@@ -266,6 +309,10 @@ def plan(graph: AttentionGraph, reorder: str = "hilbert", tile: str | tuple[int,
 
     ``pad`` (see ``tile_layout``): start self-contained token groups on tile boundaries;
     ``plan.n_positions`` then exceeds the token count by the padding positions.
+
+    ``dense`` (see ``find_dense``): query blocks whose rows attend one contiguous key range
+    in full (DynamicViT's kept tokens) run as dense attention in the vendor kernel (SDPA)
+    instead of tile by tile. With "auto", tuning times each config with and without them.
     """
     if head_dim not in HEAD_DIMS:
         raise SparseVitError(f"head_dim must be one of {HEAD_DIMS}, got {head_dim}")
@@ -294,32 +341,40 @@ def plan(graph: AttentionGraph, reorder: str = "hilbert", tile: str | tuple[int,
     timings: dict[str, float] = {}
     for bm, bn in shapes:
         lay = tile_layout(reordered, (bm, bn), pad)
-        items = make_work_items(lay.tiles, max_tiles)
+        spans = find_dense(lay.tiles, dense)
+        # Tuning with dense="auto" times both; otherwise the rectangles found are used.
+        variants = [spans[:0], spans] if tune and dense == "auto" and spans.size else [spans]
+        variants = [(v, make_work_items(lay.tiles, max_tiles, dense_blocks(lay.tiles, v)))
+                    for v in variants]
         launches = ([(num_warps or w, num_stages or s) for w, s in LAUNCH_CANDIDATES]
                     if tune else [(num_warps or (8 if bm >= 128 else 4), num_stages or 2)])
         launches = list(dict.fromkeys(launches))
         fits = False
         for warps, stages in launches:  # grows by one single-stage try if nothing fits
-            candidate = _assemble(
-                graph, reordered, perm, reorder, lay, items, device, heads, head_dim,
-                {"tile": f"{bm}x{bn}", "num_warps": warps, "num_stages": stages,
-                 "one_loop": one_loop(lay.tiles), "padded": lay.n_positions != graph.n_tokens,
-                 **({"tuned_ordered": ordered} if tune else {}),
-                 **({"reorder_tiles": reorder_tiles} if reorder_tiles else {})})
-            if not tune:
-                return candidate
-            try:
-                us = _time_plan(candidate, batch, dtype, ordered)
-            except OutOfResources:  # e.g. fp32 128-wide tiles at head_dim 128: skip it
-                timings[f"{bm}x{bn}/w{warps}/s{stages}"] = "out of resources"
-                if not fits and (warps, stages) == launches[-1] and stages > 1:
-                    launches.append((warps, 1))  # one buffer per operand: the least memory
-                continue
-            fits = True
-            timings[f"{bm}x{bn}/w{warps}/s{stages}"] = round(us, 2)
-            if best is None or us < best.config["us"]:
-                candidate.config["us"] = us
-                best = candidate
+            for vendor, items in variants:
+                key = f"{bm}x{bn}/w{warps}/s{stages}" + ("+dense" if vendor.size else "")
+                candidate = _assemble(
+                    graph, reordered, perm, reorder, lay, items, device, heads, head_dim,
+                    {"tile": f"{bm}x{bn}", "num_warps": warps, "num_stages": stages,
+                     "one_loop": one_loop(lay.tiles), "padded": lay.n_positions != graph.n_tokens,
+                     "dense": vendor.tolist(),
+                     **({"tuned_ordered": ordered} if tune else {}),
+                     **({"reorder_tiles": reorder_tiles} if reorder_tiles else {})},
+                    dense=vendor)
+                if not tune:
+                    return candidate
+                try:
+                    us = _time_plan(candidate, batch, dtype, ordered)
+                except OutOfResources:  # e.g. fp32 128-wide tiles at head_dim 128: skip it
+                    timings[key] = "out of resources"
+                    if not fits and (warps, stages) == launches[-1] and stages > 1:
+                        launches.append((warps, 1))  # one buffer per operand: the least memory
+                    continue
+                fits = True
+                timings[key] = round(us, 2)
+                if best is None or us < best.config["us"]:
+                    candidate.config["us"] = us
+                    best = candidate
     if best is None:
         tiles = "/".join(f"{m}x{n}" for m, n in shapes)
         raise SparseVitError(f"no launch config of tile {tiles} fits this GPU for head_dim "
@@ -357,7 +412,7 @@ def _assemble(graph: AttentionGraph, ordered: AttentionGraph, perm: np.ndarray, 
               lay: Layout, items: WorkItems, device: torch.device, heads: int, head_dim: int,
               config: dict[str, Any],
               programs: tuple[np.ndarray, np.ndarray] | None = None,
-              units_bh: int | None = None) -> Plan:
+              units_bh: int | None = None, dense: np.ndarray | None = None) -> Plan:
     """A Plan from its parts: composes the reorder and the padding into one permutation."""
     n = graph.n_tokens
     slot_token = np.full(lay.n_positions, n, np.int64)
@@ -366,7 +421,8 @@ def _assemble(graph: AttentionGraph, ordered: AttentionGraph, perm: np.ndarray, 
     inv[perm] = lay.positions
     return Plan(graph, ordered, lay.tiles, items, reorder, device, heads, head_dim,
                 torch.as_tensor(slot_token).to(device), torch.as_tensor(inv).to(device),
-                _device_arrays(lay.tiles, items, device, programs), config, programs, units_bh)
+                _device_arrays(lay.tiles, items, device, programs), config, programs, units_bh,
+                np.zeros((0, 4), np.int64) if dense is None else dense)
 
 
 def _scheduled_plan(sched: Any, graph: AttentionGraph, ordered: AttentionGraph,
