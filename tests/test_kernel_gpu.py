@@ -86,3 +86,23 @@ def test_dense_rectangle_in_vendor_kernel(ordered) -> None:
     a = sv.attention(q, k, v, vendor, ordered=ordered).float()
     b = sv.attention(q, k, v, tiles_only, ordered=ordered).float()
     assert ((a - b).norm() / b.norm()).item() < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("ordered", [False, True])
+def test_all_dense_graph_runs_in_cudnn_alone(ordered) -> None:
+    """A graph that is one dense rectangle launches no block-sparse kernel; the rectangle
+    goes straight to cuDNN's attention op (no SDPA dispatch), on the current stream."""
+    import sparsevit.ops as ops
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    assert ops._cudnn_direct(device, torch.bfloat16, 64)
+    n = 1024  # a ragged last query block would not count as dense (its rows run short)
+    plan = sv.plan(sv.masks.dense(n), reorder="none", heads=12, head_dim=64, device="cuda",
+                   num_warps=4, num_stages=2, pad=False, dense=True)
+    assert plan.items.qb.shape[0] == 0 and plan.dense.tolist() == [[0, n, 0, n]]
+    q, k, v = (torch.randn(1, 12, n, 64, device="cuda", dtype=torch.bfloat16)
+               for _ in range(3))
+    out = sv.attention(q, k, v, plan, ordered=ordered).float()
+    ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    assert ((out - ref).norm() / ref.norm()).item() < 1e-2

@@ -14,6 +14,7 @@ from sparsevit import profile as profile_mod
 from sparsevit import reorder, schedule
 from sparsevit.baselines import reference
 from sparsevit.errors import SparseVitError
+from sparsevit.schedule import model
 
 FIXTURE = next(iter(sorted((Path(__file__).parent / "fixtures").glob("profile_*.json"))))
 SHAPE = {"batch": 1, "heads": 2, "head_dim": 64, "dtype": "bf16"}
@@ -159,6 +160,90 @@ def test_no_gpu_and_no_profile_is_a_clear_error(ordered, monkeypatch):
     monkeypatch.setattr(profile_mod, "current_gpu", lambda: None)
     with pytest.raises(SparseVitError, match="no CUDA GPU is visible"):
         schedule.solve(ordered, None, "ilp", **SHAPE)
+
+
+# --------------------------------------------------------------- dense rectangles
+
+DV_GRID = (64, 64)  # 4,097 tokens; keep 0.5 gives a 2,049-token clique
+DV = {**SHAPE, "pad": False}  # padding would start the cls token's group on its own tile
+
+
+@pytest.fixture(scope="module")
+def dv():
+    g = sv.masks.dynamicvit(DV_GRID, keep=0.5)
+    return g, reorder.apply(g, reorder.get("rcm")(g))
+
+
+def _vendor_scaled(prof: dict, factor: float) -> dict:
+    """The profile with its measured vendor-path times multiplied by ``factor``."""
+    return {**prof, "dense": [{**d, "us": d["us"] * factor}
+                              if d["backend"] == model.VENDOR_PATH else d
+                              for d in prof["dense"]]}
+
+
+def test_the_fixture_prices_the_vendor_path(prof):
+    vendor = [d for d in prof["dense"] if d["backend"] == model.VENDOR_PATH]
+    assert [d["tokens"] for d in vendor] == list(profile_mod.VENDOR_PATH_TOKENS)
+    assert all(d["status"] == "OK" and d["us"] > 0 for d in vendor)
+
+
+def test_ilp_gives_a_dense_rectangle_to_the_vendor_kernel_when_cheaper(prof, dv):
+    _, ordered_dv = dv
+    cheap = schedule.solve(ordered_dv, _vendor_scaled(prof, 1e-3), "ilp", **DV)
+    dear = schedule.solve(ordered_dv, _vendor_scaled(prof, 1e3), "ilp", **DV)
+    assert len(cheap.dense) == 1 and dear.dense == []
+    r0, r1, c0, c1 = cheap.dense[0]
+    assert r1 - r0 >= 1024 and c1 - c0 == 2049  # the clique's keys, in full
+    assert cheap.details["dense_us"] > 0 and dear.details["dense_us"] == 0
+    # Its query blocks have no work items; the rest of the graph still does.
+    assert 0 < cheap.n_items < dear.n_items
+    # (A grid launch may be taken within GRID_MARGIN of the best placement.)
+    assert cheap.predicted_us <= dear.predicted_us * (1 + schedule.GRID_MARGIN)
+    # The baselines never use the vendor kernel: one tile config for everything.
+    for method in ("fixed", "greedy"):
+        assert schedule.solve(ordered_dv, _vendor_scaled(prof, 1e-3), method,
+                              **DV).dense == []
+
+
+def test_a_profile_without_vendor_timings_schedules_tiles_only(prof, dv):
+    old = {**prof, "dense": [d for d in prof["dense"] if d["backend"] != model.VENDOR_PATH]}
+    assert schedule.solve(dv[1], old, "ilp", **DV).dense == []
+
+
+def test_planner_runs_a_schedule_with_a_dense_rectangle(prof, dv, monkeypatch, tmp_path):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    g, ordered_dv = dv
+    sched = schedule.solve(ordered_dv, _vendor_scaled(prof, 1e-3), "ilp", **DV)
+    assert sched.dense
+    sched.to_json(tmp_path / "s.json")
+    q, k, v = (torch.randn(1, SHAPE["heads"], g.n_tokens, 64) for _ in range(3))
+    ref = reference(q, k, v, g)
+    plan = sv.plan(g, reorder="rcm", device="cpu", schedule=tmp_path / "s.json",
+                   heads=SHAPE["heads"], head_dim=64, pad=False)
+    assert plan.dense.tolist() == sched.dense == plan.config["dense"]
+    out = sv.attention(q.half(), k.half(), v.half(), plan)
+    torch.testing.assert_close(out.float(), ref, atol=5e-3, rtol=5e-3)
+    with pytest.raises(SparseVitError, match="leave dense='auto'"):
+        sv.plan(g, reorder="rcm", device="cpu", schedule=sched, heads=SHAPE["heads"],
+                dense=False)
+    moved = schedule.Schedule.from_dict({**sched.to_dict(),
+                                         "dense": [[0, 64, 0, 64]]})
+    with pytest.raises(SparseVitError, match="not one of this graph's"):
+        sv.plan(g, reorder="rcm", device="cpu", schedule=moved, heads=SHAPE["heads"],
+                pad=False)
+
+
+@pytest.mark.parametrize("dense, message", [
+    ([[0, 64, 0]], "at least 4"),
+    ([[0, 64, 0, 64, 1]], "at most 4"),
+    ([[64, 64, 0, 64]], "empty rectangle"),
+    ([[0, 64, -1, 64]], "integers >= 0"),
+])
+def test_schema_rejects_broken_dense_rectangles(solved, dense, message):
+    doc = json.loads(solved["greedy"].to_json())
+    doc["dense"] = dense
+    with pytest.raises(SparseVitError, match=message):
+        schedule.Schedule.from_dict(doc)
 
 
 

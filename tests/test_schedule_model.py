@@ -79,3 +79,20 @@ def test_split_choices_include_the_planner_default_and_no_split():
     choices = model.split_choices(tiles)
     assert model.default_max_tiles(tiles) in choices
     assert max(choices) >= int(np.diff(tiles.row_ptr).max())
+
+
+def test_dense_us_interpolates_the_vendor_path_measurements():
+    vendor = [{"backend": model.VENDOR_PATH, "tokens": n, "heads": 12, "us": us, "status": "OK"}
+              for n, us in ((1024, 20.0), (2048, 50.0))]
+    noise = [{"backend": "sdpa_cudnn", "tokens": 1024, "heads": 12, "us": 1.0, "status": "OK"},
+             {"backend": model.VENDOR_PATH, "tokens": 4096, "heads": 12, "status": "NS"}]
+    measured = vendor + noise
+    assert model.dense_us(measured, 1024, 1024, 12) == pytest.approx(20.0)
+    assert model.dense_us(measured, 2048, 2048, 12) == pytest.approx(50.0)
+    # Halfway in work (rows x keys x batch*heads) is halfway in time.
+    mid = (1024**2 + 2048**2) // 2
+    assert model.dense_us(measured, mid, 1, 12) == pytest.approx(35.0)
+    assert model.dense_us(measured, 2048, 1024, 24) == pytest.approx(50.0)
+    assert model.dense_us(measured, 64, 64, 12) == pytest.approx(20.0)  # fixed costs
+    assert model.dense_us(measured, 4096, 4096, 12) == pytest.approx(200.0)  # proportional
+    assert model.dense_us(noise, 1024, 1024, 12) is None

@@ -250,10 +250,13 @@ def local_window(grid: tuple[int, int], window: int) -> AttentionGraph:
 
 
 def dense(n_tokens: int) -> AttentionGraph:
-    """Every token attends to every token."""
+    """Every token attends to every token (one clique: no N^2 CSR is built)."""
     if n_tokens <= 0:
         raise SparseVitError(f"n_tokens must be positive, got {n_tokens}")
-    return make_graph(sp.csr_matrix(np.ones((n_tokens, n_tokens), dtype=bool)), "Dense")
+    every = np.arange(n_tokens, dtype=np.int64)
+    return make_graph(FactoredAdjacency(n_tokens, (Biclique(every, every),),
+                                        sp.csr_matrix((n_tokens, n_tokens), dtype=bool)),
+                      "Dense")
 
 
 def from_matrix(matrix, name: str = "UserMask") -> AttentionGraph:

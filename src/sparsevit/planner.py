@@ -257,12 +257,16 @@ def _device_arrays(tiles: TileSet, items: WorkItems, device: torch.device,
 def find_dense(tiles: TileSet, dense: str | bool) -> np.ndarray:
     """The dense rectangles (``dense_spans``) a plan hands to the vendor kernel: none
     (False), all (True) or those of at least DENSE_MIN_TOKENS rows and keys ("auto")."""
-    if dense not in ("auto", True, False):
-        raise SparseVitError(f"dense must be 'auto', True or False, got {dense!r}")
+    _check_dense(dense)
     if dense is False:
         return np.zeros((0, 4), np.int64)
     least = 1 if dense is True else DENSE_MIN_TOKENS
     return dense_spans(tiles, least, least)
+
+
+def _check_dense(dense: Any) -> None:
+    if dense not in ("auto", True, False):
+        raise SparseVitError(f"dense must be 'auto', True or False, got {dense!r}")
 
 
 def dense_blocks(tiles: TileSet, spans: np.ndarray) -> np.ndarray:
@@ -305,7 +309,8 @@ def plan(graph: AttentionGraph, reorder: str = "hilbert", tile: str | tuple[int,
     ``schedule`` (T4) replaces that choice: one of SCHEDULE_METHODS (solved now by
     ``sparsevit.schedule.solve`` from ``profile``, a T3 profile or a path to one, or the
     cached profile of this GPU when None), a Schedule, or the path of a schedule JSON. Its
-    tile shape, launch config, split size and placement of work units are used as given.
+    tile shape, launch config, split size, dense rectangles and placement of work units
+    are used as given (``dense`` must then stay "auto": the schedule decides).
 
     ``pad`` (see ``tile_layout``): start self-contained token groups on tile boundaries;
     ``plan.n_positions`` then exceeds the token count by the padding positions.
@@ -329,6 +334,10 @@ def plan(graph: AttentionGraph, reorder: str = "hilbert", tile: str | tuple[int,
     reorder_tiles: dict[str, int] = {}
     if reorder == "auto":
         reorder, reorder_tiles = choose_reorder(graph, shapes[0])
+    _check_dense(dense)
+    if schedule is not None and dense != "auto":
+        raise SparseVitError("with a schedule, its solver chooses the dense rectangles: "
+                             f"leave dense='auto' (got {dense!r})")
     perm = reorder_mod.get(reorder)(graph)
     reordered = reorder_mod.apply(graph, perm)
     if schedule is not None:
@@ -439,7 +448,13 @@ def _scheduled_plan(sched: Any, graph: AttentionGraph, ordered: AttentionGraph,
     lay = getattr(sched, "layout", None)  # solved just now: already laid out (same pad)
     if lay is None or (lay.tiles.bm, lay.tiles.bn) != (cfg["bm"], cfg["bn"]):
         lay = tile_layout(ordered, (cfg["bm"], cfg["bn"]), pad)
-    items = make_work_items(lay.tiles, sched.max_tiles)
+    vendor = sched.dense_spans()
+    found = {tuple(span) for span in dense_spans(lay.tiles).tolist()}
+    for span in vendor.tolist():
+        if tuple(span) not in found:
+            raise SparseVitError(f"schedule's dense rectangle {span} is not one of this "
+                                 "graph's: the schedule is for another graph")
+    items = make_work_items(lay.tiles, sched.max_tiles, dense_blocks(lay.tiles, vendor))
     n_items = int(items.qb.shape[0])
     if n_items != sched.n_items:
         raise SparseVitError(f"schedule expects {sched.n_items} work items, this graph and "
@@ -453,9 +468,10 @@ def _scheduled_plan(sched: Any, graph: AttentionGraph, ordered: AttentionGraph,
     config = {"tile": f"{cfg['bm']}x{cfg['bn']}", "num_warps": cfg["num_warps"],
               "num_stages": cfg["num_stages"], "padded": lay.n_positions != graph.n_tokens,
               "schedule": sched.method, "predicted_us": sched.predicted_us,
-              "programs": None if programs is None else int(programs[0].shape[0] - 1)}
+              "programs": None if programs is None else int(programs[0].shape[0] - 1),
+              "dense": vendor.tolist()}
     return _assemble(graph, ordered, perm, reorder, lay, items, device, heads, head_dim, config,
-                     programs, batch * heads)
+                     programs, batch * heads, vendor)
 
 
 def _time_plan(candidate: Plan, batch: int, dtype: torch.dtype, ordered: bool) -> float:

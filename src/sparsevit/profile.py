@@ -9,7 +9,9 @@ program, P = n_SM * r programs. A least-squares fit of
     time = launch_us + m * (unit_us + k * tile_us[kind])
 
 gives the per-unit and per-tile costs the scheduler uses. Also measured: the split-
-combine pass, and dense SDPA (flash, cuDNN) for large fully dense regions.
+combine pass, dense SDPA (flash, cuDNN), and the path a plan's dense rectangles take
+(``sv.attention`` on all-dense graphs: gathers, side stream, vendor kernel), which the
+scheduler prices dense rectangles with.
 
 The profile is JSON, keyed by GPU name and software versions and cached under
 ``$SPARSEVIT_CACHE`` (default ``~/.cache/sparsevit``)/profiles/; later plans reuse it.
@@ -40,6 +42,7 @@ KINDS = ("full", "column", "partial")
 DESIGN = ((1, 2), (1, 8), (3, 2), (3, 8))
 MIN_QUERY_BLOCKS = 16  # query blocks of a synthetic graph; units grow through batch*heads
 DENSE_TOKENS = (4096, 16384)
+VENDOR_PATH_TOKENS = (1024, 2048, 4096, 8192)
 OUTLIER_TOLERANCE = 0.08  # a point this far off the first fit is timed again (min kept)
 MIN_POINTS = 8  # of the 12 a fit keeps (5 costs are fitted)
 MAX_FIT_RMS = 0.1  # a fit that misses its own points by more is not used by the scheduler
@@ -469,7 +472,26 @@ class _Runner:
                 flops = 4 * n * n * self.head_dim * 12
                 out.append({"backend": name, "tokens": n, "heads": 12, "us": us,
                             "tflops": flops / us / 1e6, "status": "OK"})
-        return out
+        return out + [self._vendor_path(n) for n in VENDOR_PATH_TOKENS]
+
+    def _vendor_path(self, n: int) -> dict[str, Any]:
+        """``sv.attention`` (original token order) on an all-dense graph of ``n`` tokens,
+        which the plan runs as one dense rectangle."""
+        import torch
+
+        import sparsevit as sv
+        from sparsevit import masks, timing
+        from sparsevit.schedule.model import VENDOR_PATH
+
+        plan = sv.plan(masks.dense(n), reorder="none", device=self.device, heads=12,
+                       head_dim=self.head_dim, num_warps=4, num_stages=2, pad=False,
+                       dense=True)
+        q, k, v = (torch.randn(1, 12, n, self.head_dim, device=self.device, dtype=self.dtype)
+                   for _ in range(3))
+        us = timing.bench(lambda: sv.attention(q, k, v, plan), warmup_ms=5,
+                          rep_ms=30)["median_us"]
+        return {"backend": VENDOR_PATH, "tokens": n, "heads": 12, "us": us,
+                "tflops": 4 * n * n * self.head_dim * 12 / us / 1e6, "status": "OK"}
 
 
 def _compiled(jit_fn: Any) -> dict[Any, Any]:

@@ -9,8 +9,10 @@ schedule=...)`` and the kernel consume. Three methods:
 * ``greedy``: the same config and split, placed by longest-processing-time-first onto
   n_SM x r persistent programs (r: the most programs per SM its resources allow);
 * ``ilp``: chooses the config (tile shape, warps, stages), the occupancy r, the split of
-  heavy rows and the placement, minimising the predicted makespan. Every (config, r,
-  split) candidate gets a lower bound; candidates are expanded best bound first with LPT
+  heavy rows, which groups of query blocks run in the dense vendor kernel instead of
+  tiles (the dense rectangles of ``blocks.dense_spans``: DynamicViT's kept tokens), and
+  the placement, minimising the predicted makespan. Every (config, r, split, dense)
+  candidate gets a lower bound; candidates are expanded best bound first with LPT
   and then the exact arc-flow MILP placement (``model.arcflow``: HiGHS by default,
   Gurobi when asked for or licensed), until no unexpanded bound beats the incumbent or
   the time limit is reached. The same candidates launched as an ordinary grid (the
@@ -18,8 +20,9 @@ schedule=...)`` and the kernel consume. Three methods:
   must win by GRID_MARGIN. The reported gap is against the smallest lower bound left
   (the load bound: mean load or longest unit), so it also counts the margin.
 
-Only one config per launch exists in the kernel, so "which config each group of tiles
-uses" is one choice per graph.
+So each group of tiles gets one of two configurations: the vendor's dense kernel (for a
+dense rectangle, when the profile predicts it cheaper) or the block-sparse config, which
+is one per launch (a Triton kernel compiles one tile shape).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from sparsevit.schedule import model, schema
 
 METHODS = ("fixed", "greedy", "ilp")
 FIXED_CONFIG = {"bm": 64, "bn": 64, "num_warps": 4, "num_stages": 2}
+NO_DENSE = np.zeros((0, 4), np.int64)
 DEFAULT_TIME_LIMIT = 1.0  # seconds of MILP time in one solve
 # A static placement must beat the hardware's dynamic one (a grid launch, longest first)
 # by this much of predicted time to be chosen: dispatch at run time absorbs the cost
@@ -73,6 +77,9 @@ class Schedule:
     solver: dict[str, Any]
     lower_bound_us: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    # Dense rectangles [r0, r1, c0, c1] (positions) run by the vendor kernel; their query
+    # blocks have no work items.
+    dense: list[list[int]] = field(default_factory=list)
     version: int = 1
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,10 +117,18 @@ class Schedule:
     def validate(self) -> None:
         validate(self.to_dict())
 
+    def dense_spans(self) -> np.ndarray:
+        """The dense rectangles as a (k, 4) int64 array (``planner.dense_blocks``)."""
+        return np.asarray(self.dense, np.int64).reshape(-1, 4)
+
 
 def validate(doc: Any) -> None:
     """Schema check, then what a schema cannot say: the programs place every unit once."""
     schema.check(doc)
+    for r0, r1, c0, c1 in doc.get("dense", []):
+        if not (r0 < r1 and c0 < c1):
+            raise SparseVitError(f"schedule.dense: [{r0}, {r1}, {c0}, {c1}] is an empty "
+                                 "rectangle")
     programs = doc["programs"]
     if programs is None:
         return
@@ -139,6 +154,7 @@ class _Candidate:
     lat_units: np.ndarray
     fixed_us: float  # launch + split-combine: everything outside the placement
     bound_us: float
+    dense: np.ndarray  # rectangles given to the vendor kernel (its time is in fixed_us)
     placement: model.Placement | None = None
     grid: bool = False  # launched as an ordinary grid: the hardware places the units
 
@@ -200,13 +216,51 @@ def solve(graph: Any, profile: Any, method: str, *, batch: int, heads: int, head
             layouts[shape] = planner.tile_layout(graph, shape, pad)
         return layouts[shape].tiles
 
-    def candidate(c: model.Costs, max_tiles: int) -> _Candidate:
-        items = planner.make_work_items(tiles_of((c.bm, c.bn)), max_tiles)
-        lat_units = model.unit_latencies(c.latency(items), n_bh)
-        fixed = c.launch_us + c.combine_us(items, n_bh, n_sm)
+    at_occupancy = {(c.bm, c.bn, c.num_warps, c.num_stages, c.programs_per_sm): c
+                    for c in profile_mod.costs(prof)}
+
+    def candidate(c: model.Costs, max_tiles: int, vendor: np.ndarray = NO_DENSE) -> _Candidate:
+        tiles = tiles_of((c.bm, c.bn))
+        items = planner.make_work_items(tiles, max_tiles, planner.dense_blocks(tiles, vendor))
+        # Fewer units than n_SM * r: the hardware spreads programs over the SMs first, so
+        # an SM holds fewer than r busy programs, and they run at that occupancy's speed.
+        busy = min(c.programs_per_sm, max(1, -(-int(items.qb.shape[0]) * n_bh // n_sm)))
+        speed = at_occupancy.get((c.bm, c.bn, c.num_warps, c.num_stages, busy), c)
+        lat_units = model.unit_latencies(speed.latency(items), n_bh)
+        fixed = ((c.launch_us if lat_units.size else 0.0) + c.combine_us(items, n_bh, n_sm)
+                 + sum(model.dense_us(prof.get("dense", []), r1 - r0, c1 - c0, n_bh)
+                       for r0, r1, c0, c1 in vendor.tolist()))
         p = n_sm * c.programs_per_sm
+        # No work items at all (dense rectangles cover every block): nothing to place.
         return _Candidate(c, max_tiles, p, items, lat_units, fixed,
-                          fixed + model.load_bound(lat_units, p))
+                          fixed + model.load_bound(lat_units, p), vendor,
+                          grid=not lat_units.size)
+
+    def dense_choices(c: model.Costs, max_tiles: int) -> list[np.ndarray]:
+        """No rectangles, every one, and those whose vendor time is below their tiles'
+        share of the block-sparse time (each rectangle judged on its own)."""
+        shape = (c.bm, c.bn)
+        if shape not in spans_of:  # a profile without vendor-path timings: tiles only
+            spans_of[shape] = (planner.find_dense(tiles_of(shape), "auto") if dense_costed
+                               else NO_DENSE)
+        spans = spans_of[shape]
+        if not spans.size:
+            return [NO_DENSE]
+        tiles = tiles_of(shape)
+        items = planner.make_work_items(tiles, max_tiles)
+        per_block = np.bincount(items.qb, weights=c.latency(items),
+                                minlength=tiles.n_query_blocks)
+        share = [per_block[planner.dense_blocks(tiles, spans[i:i + 1])].sum() * n_bh
+                 / (n_sm * c.programs_per_sm) for i in range(spans.shape[0])]
+        vendor = [model.dense_us(prof["dense"], r1 - r0, c1 - c0, n_bh)
+                  for r0, r1, c0, c1 in spans.tolist()]
+        cheaper = spans[np.asarray(vendor) < np.asarray(share)]
+        choices = {spans[:0].tobytes(): spans[:0], spans.tobytes(): spans,
+                   cheaper.tobytes(): cheaper}
+        return list(choices.values())
+
+    spans_of: dict[tuple[int, int], np.ndarray] = {}
+    dense_costed = model.dense_us(prof.get("dense", []), 1, 1, 1) is not None
 
     details: dict[str, Any] = {"sm_count": n_sm, "profile_date": prof.get("date")}
     if method in ("fixed", "greedy"):
@@ -229,8 +283,8 @@ def solve(graph: Any, profile: Any, method: str, *, batch: int, heads: int, head
         chosen = _schedule(method, prof, graph, batch, heads, head_dim, dtype_name, cand,
                            cand.programs(), cand.predicted(), info, details)
     else:
-        best, info = _solve_ilp(graph, all_costs, tiles_of, candidate, n_bh, n_sm,
-                                time_limit, solver, details, bounds_exact=pad is False)
+        best, info = _solve_ilp(graph, all_costs, tiles_of, candidate, dense_choices, n_bh,
+                                n_sm, time_limit, solver, details, bounds_exact=pad is False)
         chosen = _schedule(method, prof, graph, batch, heads, head_dim, dtype_name, best,
                            best.programs(), best.predicted(), info, details)
     chosen.layout = layouts[(chosen.config["bm"], chosen.config["bn"])]
@@ -238,17 +292,20 @@ def solve(graph: Any, profile: Any, method: str, *, batch: int, heads: int, head
 
 
 def _solve_ilp(graph: Any, all_costs: list[model.Costs], tiles_of: Any, candidate: Any,
-               n_bh: int, n_sm: int, time_limit: float, solver: str,
+               dense_choices: Any, n_bh: int, n_sm: int, time_limit: float, solver: str,
                details: dict[str, Any],
                bounds_exact: bool) -> tuple[_Candidate, dict[str, Any]]:
-    """Best-bound search over (config, occupancy, split); exact placement on the best.
+    """Best-bound search over (config, occupancy, split, dense rectangles); exact
+    placement on the best.
 
     Tile layouts cost a pass over the graph each, so configs are first ranked by a bound
     from every shape's unpadded tile counts (one pass for all shapes: ``tiles_per_block``)
     and a shape is laid out only while its bound can beat the incumbent. (Padding can
     lower a shape's tile count below the unpadded one; for padded graphs this ranking is
     a heuristic, not a bound: then the pruned configs take no part in the reported lower
-    bound, and the status says that the search was pruned heuristically.)
+    bound, and the status says that the search was pruned heuristically.) The coarse
+    bound knows nothing of dense rectangles, so when the first shape laid out has some,
+    no config is pruned by it.
     """
     t0 = time.perf_counter()
     shapes = sorted({(c.bm, c.bn) for c in all_costs})
@@ -263,25 +320,30 @@ def _solve_ilp(graph: Any, all_costs: list[model.Costs], tiles_of: Any, candidat
     cands: list[_Candidate] = []
     skipped: list[float] = []
     best: _Candidate | None = None
+    prune = True
     for c in sorted(all_costs, key=coarse_bound):
-        if best is not None and coarse_bound(c) >= best.predicted():
+        if prune and best is not None and coarse_bound(c) >= best.predicted():
             skipped.append(coarse_bound(c))
             continue
         for m in model.split_choices(tiles_of((c.bm, c.bn))):
-            cand = candidate(c, m)
-            cands.append(cand)
-            if best is not None and cand.bound_us >= best.predicted():
-                continue
-            cand.placement = model.lpt(cand.lat_units, cand.n_programs)
-            if best is None or cand.predicted() < best.predicted():
-                best = cand
+            choices = dense_choices(c, m)
+            prune = prune and (best is not None or len(choices) == 1)
+            for vendor in choices:
+                cand = candidate(c, m, vendor)
+                cands.append(cand)
+                if best is not None and cand.bound_us >= best.predicted():
+                    continue
+                cand.placement = model.lpt(cand.lat_units, cand.n_programs)
+                if best is None or cand.predicted() < best.predicted():
+                    best = cand
     assert best is not None
     expanded = [c for c in cands if c.placement is not None]
     # Exact placement (MILP), most promising candidates first, while they can still win.
     statuses, names, milp_s = [], set(), 0.0
     for cand in sorted(expanded, key=lambda c: c.predicted()):
         remaining = time_limit - milp_s
-        if remaining <= 0.05 or cand.bound_us >= best.predicted() * (1 - 1e-6):
+        if (cand.grid or remaining <= 0.05
+                or cand.bound_us >= best.predicted() * (1 - 1e-6)):
             continue
         out = model.arcflow(cand.lat_units, cand.n_programs, cand.placement, remaining, solver)
         milp_s += out.time_s
@@ -296,8 +358,8 @@ def _solve_ilp(graph: Any, all_costs: list[model.Costs], tiles_of: Any, candidat
         key = (c.costs.bm, c.costs.bn, c.costs.num_warps, c.costs.num_stages)
         top_r[key] = max(top_r.get(key, 0), c.costs.programs_per_sm)
     grids = [dataclasses.replace(c, grid=True) for c in expanded
-             if c.costs.programs_per_sm == top_r[(c.costs.bm, c.costs.bn, c.costs.num_warps,
-                                                  c.costs.num_stages)]]
+             if not c.grid and c.costs.programs_per_sm == top_r[
+                 (c.costs.bm, c.costs.bn, c.costs.num_warps, c.costs.num_stages)]]
     best_grid = min(grids, key=lambda c: c.predicted(), default=None)
     if best_grid is not None and best_grid.predicted() <= best.predicted() * (1 + GRID_MARGIN):
         details["persistent_us"] = best.predicted()
@@ -350,30 +412,23 @@ def _schedule(method: str, prof: dict[str, Any], graph: Any, batch: int, heads: 
               head_dim: int, dtype: str, cand: _Candidate, programs: Any, predicted: float,
               info: dict[str, Any], details: dict[str, Any]) -> Schedule:
     c = cand.costs
+    n_bh = batch * heads
     details.update(programs_per_sm=c.programs_per_sm, launch_us=c.launch_us,
                    split_blocks=int(cand.items.split_qb.shape[0]),
                    units=int(cand.lat_units.shape[0]),
-                   dense_alternative_us=_dense_us(prof, graph.n_tokens, batch * heads))
+                   dense_us=sum(model.dense_us(prof["dense"], r1 - r0, c1 - c0, n_bh)
+                                for r0, r1, c0, c1 in cand.dense.tolist()),
+                   dense_alternative_us=model.dense_us(prof.get("dense", []), graph.n_tokens,
+                                                       graph.n_tokens, n_bh))
     sched = Schedule(method, prof["gpu"], dict(prof["software"]), graph.n_tokens, graph.nnz,
                      batch, heads, head_dim, dtype,
                      {**c.config, "programs_per_sm": c.programs_per_sm}, int(cand.max_tiles),
                      int(cand.items.qb.shape[0]), programs, float(predicted),
                      {k: (float(v) if isinstance(v, (np.floating, float)) else v)
                       for k, v in info.items()},
-                     float(cand.bound_us), details)
+                     float(cand.bound_us), details, cand.dense.tolist())
     sched.validate()
     return sched
-
-
-def _dense_us(prof: dict[str, Any], n_tokens: int, n_bh: int) -> float | None:
-    """Dense vendor attention at this size, scaled from the profile's largest measurement
-    (time ~ N^2 * batch*heads at a fixed throughput)."""
-    ok = [d for d in prof.get("dense", []) if d.get("status") == "OK"]
-    if not ok:
-        return None
-    best = min((d for d in ok if d["tokens"] == max(e["tokens"] for e in ok)),
-               key=lambda d: d["us"])
-    return best["us"] * (n_tokens / best["tokens"]) ** 2 * n_bh / best["heads"]
 
 
 # ------------------------------------------------------------------------------- CLI

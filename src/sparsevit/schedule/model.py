@@ -18,6 +18,10 @@ and a schedule of P = n_SM * r persistent programs finishes at
   no program symmetry. The makespan is minimised by bisection over the capacity.
 * ``list_schedule``: what the hardware does with an ordinary grid launch (each unit,
   in launch order, starts on the first free slot) -- the prediction for ``programs=None``.
+
+Dense rectangles a schedule hands to the vendor kernel (``planner.dense_blocks``) cost
+``dense_us`` each, added to the makespan: the vendor kernel fills every SM, so it runs
+after the block-sparse launch rather than beside it (measured on an H200, DynamicViT).
 """
 
 from __future__ import annotations
@@ -75,6 +79,26 @@ class Costs:
         chunks = float((items.split_s1 - items.split_s0).max())
         waves = math.ceil(n_split * n_bh / n_sm)
         return self.combine_launch_us + self.combine_chunk_us * chunks * waves
+
+
+VENDOR_PATH = "vendor_path"  # the profile's measurements of a plan's dense rectangles
+
+
+def dense_us(measured: list[dict], rows: int, keys: int, n_bh: int) -> float | None:
+    """Predicted µs of one dense rectangle of ``rows`` x ``keys`` for ``n_bh`` batch*heads,
+    from the profile's VENDOR_PATH measurements (``sv.attention`` on all-dense graphs, so
+    the gathers and the side stream are in): linear in rows * keys * batch*heads between
+    the measured sizes, the smallest's time below them (fixed costs dominate there) and
+    proportional above them. None when the profile has no such measurement."""
+    points = sorted((d["tokens"] ** 2 * d["heads"], d["us"]) for d in measured
+                    if d.get("backend") == VENDOR_PATH and d.get("status") == "OK")
+    if not points:
+        return None
+    work = rows * keys * n_bh
+    sizes, times = zip(*points, strict=True)
+    if work > sizes[-1]:
+        return times[-1] * work / sizes[-1]
+    return float(np.interp(work, sizes, times))
 
 
 # ------------------------------------------------------------------------- work items

@@ -1,8 +1,8 @@
 """The schedule JSON's schema (a JSON Schema document) and a checker for the subset it uses.
 
 The GPU images carry no ``jsonschema`` package, so the few keywords used here (type,
-required, properties, additionalProperties, enum, minimum, items, minItems) are checked
-by ``check``; the document itself stays standard JSON Schema for other tools.
+required, properties, additionalProperties, enum, minimum, items, minItems, maxItems)
+are checked by ``check``; the document itself stays standard JSON Schema for other tools.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ SCHEMA: dict[str, Any] = {
                            "programs_per_sm": _POS},
         },
         "max_tiles": _POS,
-        "n_items": _POS,
+        "n_items": _INT,
         "programs": {
             "type": ["object", "null"],
             "required": ["ptr", "units"],
@@ -54,6 +54,8 @@ SCHEMA: dict[str, Any] = {
                            "objective": _NUM_OR_NULL, "gap": _NUM_OR_NULL, "time_s": _NUM},
         },
         "details": {"type": "object"},
+        "dense": {"type": "array",
+                  "items": {"type": "array", "items": _INT, "minItems": 4, "maxItems": 4}},
     },
 }
 
@@ -89,6 +91,8 @@ def check(doc: Any, schema: dict[str, Any] = SCHEMA, where: str = "schedule") ->
     if isinstance(doc, list):
         if len(doc) < schema.get("minItems", 0):
             raise SparseVitError(f"{where}: needs at least {schema['minItems']} entries")
+        if len(doc) > schema.get("maxItems", len(doc)):
+            raise SparseVitError(f"{where}: holds at most {schema['maxItems']} entries")
         if "items" in schema:
             item = schema["items"]
             # Long int arrays: check types in one pass rather than recursing per entry.

@@ -246,17 +246,20 @@ def run_overhead(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     graph = _graph(args.model, args.resolution, args.patch)
     t1 = time.perf_counter()
-    ordered = reorder_mod.apply(graph, reorder_mod.get("hilbert")(graph))
+    # reorder="auto": every method is tried and the one needing the fewest tiles kept.
+    method, _ = planner.choose_reorder(graph, planner.TILE_CANDIDATES[0])
+    ordered = reorder_mod.apply(graph, reorder_mod.get(method)(graph))
     t2 = time.perf_counter()
     sched = schedule.solve(ordered, prof, "ilp", time_limit=args.time_limit, gpu=prof["gpu"],
                            **SHAPE)
     t3 = time.perf_counter()
     lay = planner.tile_layout(ordered, (sched.config["bm"], sched.config["bn"]))
-    planner.make_work_items(lay.tiles, sched.max_tiles)
+    planner.make_work_items(lay.tiles, sched.max_tiles,
+                            planner.dense_blocks(lay.tiles, sched.dense_spans()))
     t4 = time.perf_counter()
     stages = {"graph_s": t1 - t0, "reorder_s": t2 - t1, "extract_s": t4 - t3,
               "solve_s": t3 - t2, "profile_s": float(prof.get("elapsed_s", 0.0))}
-    solved = {"reorder": "hilbert", "method": "ilp", "schedule": sched.to_dict(),
+    solved = {"reorder": method, "method": "ilp", "schedule": sched.to_dict(),
               "graph_s": stages["graph_s"], "reorder_s": stages["reorder_s"],
               "solve_s": stages["solve_s"]}
     qkv, device, flops, floor, refs, _ = _prepare_gpu(graph, prof)
