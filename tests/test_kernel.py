@@ -159,7 +159,8 @@ def _schedule(graph, plan, n_programs: int, rng: np.random.Generator, **over):
                                                     "num_stages": 2},
               "max_tiles": 2, "n_items": int(plan.items.qb.shape[0]), "predicted_us": 1.0,
               "programs": {"ptr": [0, *cuts.tolist(), n_units],
-                           "units": rng.permutation(n_units).tolist()}}
+                           "units": rng.permutation(n_units).tolist()},
+              "dense_spans": lambda: np.zeros((0, 4), np.int64)}
     fields.update(over)
     return SimpleNamespace(**fields)
 
