@@ -449,7 +449,7 @@ def _scheduled_plan(sched: Any, graph: AttentionGraph, ordered: AttentionGraph,
     if lay is None or (lay.tiles.bm, lay.tiles.bn) != (cfg["bm"], cfg["bn"]):
         lay = tile_layout(ordered, (cfg["bm"], cfg["bn"]), pad)
     vendor = sched.dense_spans()
-    found = {tuple(span) for span in dense_spans(lay.tiles).tolist()}
+    found = {tuple(span) for span in dense_spans(lay.tiles).tolist()} if vendor.size else set()
     for span in vendor.tolist():
         if tuple(span) not in found:
             raise SparseVitError(f"schedule's dense rectangle {span} is not one of this "

@@ -216,6 +216,7 @@ def solve(graph: Any, profile: Any, method: str, *, batch: int, heads: int, head
             layouts[shape] = planner.tile_layout(graph, shape, pad)
         return layouts[shape].tiles
 
+    measured = prof.get("dense", [])  # dense-kernel timings, the vendor path among them
     at_occupancy = {(c.bm, c.bn, c.num_warps, c.num_stages, c.programs_per_sm): c
                     for c in profile_mod.costs(prof)}
 
@@ -228,8 +229,7 @@ def solve(graph: Any, profile: Any, method: str, *, batch: int, heads: int, head
         speed = at_occupancy.get((c.bm, c.bn, c.num_warps, c.num_stages, busy), c)
         lat_units = model.unit_latencies(speed.latency(items), n_bh)
         fixed = ((c.launch_us if lat_units.size else 0.0) + c.combine_us(items, n_bh, n_sm)
-                 + sum(model.dense_us(prof.get("dense", []), r1 - r0, c1 - c0, n_bh)
-                       for r0, r1, c0, c1 in vendor.tolist()))
+                 + model.rectangles_us(measured, vendor, n_bh).sum())
         p = n_sm * c.programs_per_sm
         # No work items at all (dense rectangles cover every block): nothing to place.
         return _Candidate(c, max_tiles, p, items, lat_units, fixed,
@@ -252,15 +252,13 @@ def solve(graph: Any, profile: Any, method: str, *, batch: int, heads: int, head
                                 minlength=tiles.n_query_blocks)
         share = [per_block[planner.dense_blocks(tiles, spans[i:i + 1])].sum() * n_bh
                  / (n_sm * c.programs_per_sm) for i in range(spans.shape[0])]
-        vendor = [model.dense_us(prof["dense"], r1 - r0, c1 - c0, n_bh)
-                  for r0, r1, c0, c1 in spans.tolist()]
-        cheaper = spans[np.asarray(vendor) < np.asarray(share)]
+        cheaper = spans[model.rectangles_us(measured, spans, n_bh) < np.asarray(share)]
         choices = {spans[:0].tobytes(): spans[:0], spans.tobytes(): spans,
                    cheaper.tobytes(): cheaper}
         return list(choices.values())
 
     spans_of: dict[tuple[int, int], np.ndarray] = {}
-    dense_costed = model.dense_us(prof.get("dense", []), 1, 1, 1) is not None
+    dense_costed = model.dense_us(measured, 1, 1, 1) is not None
 
     details: dict[str, Any] = {"sm_count": n_sm, "profile_date": prof.get("date")}
     if method in ("fixed", "greedy"):
@@ -416,8 +414,8 @@ def _schedule(method: str, prof: dict[str, Any], graph: Any, batch: int, heads: 
     details.update(programs_per_sm=c.programs_per_sm, launch_us=c.launch_us,
                    split_blocks=int(cand.items.split_qb.shape[0]),
                    units=int(cand.lat_units.shape[0]),
-                   dense_us=sum(model.dense_us(prof["dense"], r1 - r0, c1 - c0, n_bh)
-                                for r0, r1, c0, c1 in cand.dense.tolist()),
+                   dense_us=float(model.rectangles_us(prof.get("dense", []), cand.dense,
+                                                      n_bh).sum()),
                    dense_alternative_us=model.dense_us(prof.get("dense", []), graph.n_tokens,
                                                        graph.n_tokens, n_bh))
     sched = Schedule(method, prof["gpu"], dict(prof["software"]), graph.n_tokens, graph.nnz,

@@ -101,6 +101,13 @@ def dense_us(measured: list[dict], rows: int, keys: int, n_bh: int) -> float | N
     return float(np.interp(work, sizes, times))
 
 
+def rectangles_us(measured: list[dict], spans: np.ndarray, n_bh: int) -> np.ndarray:
+    """``dense_us`` of each rectangle [r0, r1, c0, c1] of ``spans`` (a profile with
+    rectangles to price must have VENDOR_PATH measurements)."""
+    return np.array([dense_us(measured, r1 - r0, c1 - c0, n_bh)
+                     for r0, r1, c0, c1 in spans.tolist()], dtype=float)
+
+
 # ------------------------------------------------------------------------- work items
 
 
