@@ -106,3 +106,37 @@ def test_all_dense_graph_runs_in_cudnn_alone(ordered) -> None:
     out = sv.attention(q, k, v, plan, ordered=ordered).float()
     ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float())
     assert ((out - ref).norm() / ref.norm()).item() < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["fixed", "greedy", "ilp"])
+def test_scheduled_plans_under_their_register_cap(method) -> None:
+    """A T4 schedule's launch caps registers so that its occupancy is real: each program
+    set of the schedule compiles within ops.register_cap and matches the reference."""
+    from pathlib import Path
+
+    from sparsevit import ops, schedule
+    from sparsevit.kernels import block_sparse_attn as kmod
+    from sparsevit.profile import _compiled
+
+    fixture = Path(__file__).parent / "fixtures" / "profile_h200.json"
+    g = sv.masks.regionvit((56, 56), window=7)
+    ordered = sv.reorder.apply(g, sv.reorder.get("rcm")(g))
+    sched = schedule.solve(ordered, str(fixture), method, batch=1, heads=12, head_dim=64,
+                           dtype="bf16", gpu=torch.cuda.get_device_name())
+    plan = sv.plan(ordered, reorder="none", heads=12, head_dim=64, device="cuda",
+                   schedule=sched)
+    q, k, v = (torch.randn(1, 12, g.n_tokens, 64, device="cuda", dtype=torch.bfloat16)
+               for _ in range(3))
+    before = set(_compiled(kmod.block_sparse_attn_fwd))
+    out = sv.attention(q, k, v, plan)
+    torch.cuda.synchronize()
+    cap = ops.register_cap(q.device, sched.config["programs_per_sm"],
+                           sched.config["num_warps"])
+    new = [kern for key, kern in _compiled(kmod.block_sparse_attn_fwd).items()
+           if key not in before]
+    assert all(kern.n_regs <= cap for kern in new)
+    mask = torch.as_tensor(ordered.adjacency.toarray(), device="cuda")  # the plan's order
+    for h in (0, 11):
+        ref = reference_head(q[0, h], k[0, h], v[0, h], mask)
+        assert ((out[0, h].float() - ref).norm() / ref.norm()).item() < 1e-2

@@ -34,6 +34,26 @@ def test_programs_per_sm_takes_the_tightest_resource():
     assert profile_mod.programs_per_sm(16, 0, 8, limits) == 8  # threads
     assert profile_mod.programs_per_sm(255, 200_000, 8, limits) == 1  # never below one
     assert profile_mod.occupancies(4) == [1, 2, 4] and profile_mod.occupancies(1) == [1]
+    # registers go to warps in units of 256: 170 per thread take 176, so two programs fit
+    assert profile_mod.programs_per_sm(168, 0, 4, limits) == 3
+    assert profile_mod.programs_per_sm(170, 0, 4, limits) == 2
+
+
+def test_register_cap_makes_the_scheduled_occupancy_fit(monkeypatch):
+    import types
+
+    import torch
+
+    from sparsevit import ops
+
+    limits = {"regs_per_sm": 65536, "smem_per_sm": 233472, "threads_per_sm": 2048}
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: types.SimpleNamespace(regs_per_multiprocessor=65536))
+    cap = ops.register_cap.__wrapped__
+    assert cap("cuda", 3, 4) == 168 and cap("cuda", 1, 4) == 255 and cap("cuda", 2, 8) == 128
+    for warps in (4, 8):
+        for r in range(1, 9):
+            assert profile_mod.programs_per_sm(cap("cuda", r, warps), 0, warps, limits) >= r
 
 
 @pytest.mark.parametrize("kind", profile_mod.KINDS)
@@ -80,7 +100,8 @@ def test_load_and_validate(tmp_path):
     prof = profile_mod.load(fixture)
     assert profile_mod.load(prof) is prof
     costs = profile_mod.costs(prof)
-    assert len(costs) == sum(len(c["fits"]) for c in prof["configs"])
+    # a fit that misses its own points (usable: False) gives no costs
+    assert len(costs) == sum(f.get("usable", True) for c in prof["configs"] for f in c["fits"])
     broken = json.loads(fixture.read_text())
     del broken["configs"][0]["fits"][0]["partial_us"]
     path = tmp_path / "p.json"

@@ -12,6 +12,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from sparsevit.errors import SparseVitError
 from sparsevit.kernels.block_sparse_attn import LOG2E, block_sparse_attn_fwd, split_combine
+from sparsevit.kernels.gather_rows import gather_rows, scatter_rows
 from sparsevit.planner import Plan
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -86,9 +87,9 @@ def _dense_rectangles(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: to
                                                  v[:, :, c0:c1], scale)
         else:
             rows, keys = plan.dense_tokens[i]
-            out.index_copy_(2, rows, _vendor_attention(
-                q.index_select(2, rows), k.index_select(2, keys), v.index_select(2, keys),
-                scale))
+            scatter_rows(out, rows, _vendor_attention(
+                gather_rows(q, rows, 2), gather_rows(k, keys, 2), gather_rows(v, keys, 2),
+                scale), 2)
 
 
 @functools.cache
@@ -98,6 +99,17 @@ def _side_stream(device: torch.device) -> torch.cuda.Stream:
 
 def _fits_maxnreg(bm: int, bn: int, head_dim: int, num_warps: int) -> bool:
     return num_warps == 4 and bm * max(bn, head_dim) <= 64 * 64
+
+
+@functools.cache
+def register_cap(device: torch.device, programs_per_sm: int, num_warps: int) -> int:
+    """Registers per thread that let ``programs_per_sm`` programs of ``num_warps`` warps
+    share an SM's register file (allocated per warp in 256-register units, so per thread
+    in multiples of 8). A schedule's occupancy is only real under this cap: the same
+    config compiles to 140-178 registers depending on argument specialisation (H200,
+    64x64/w4/s2), and at 178 only two programs fit where the schedule placed three."""
+    regs = torch.cuda.get_device_properties(device).regs_per_multiprocessor
+    return min(255, regs // (programs_per_sm * num_warps * 32) // 8 * 8)
 
 
 @functools.cache
@@ -151,6 +163,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan,
                    for t, rows in ((q, tiles.bm), (k, tiles.bn), (v, tiles.bn)))
                   if tma else (q, k, v))
     warps = plan.config["num_warps"]
+    maxnreg = (register_cap(q.device, plan.config["programs_per_sm"], warps)
+               if q.is_cuda and plan.config.get("programs_per_sm") else 255)
+    if tma and _fits_maxnreg(tiles.bm, tiles.bn, d, warps):
+        maxnreg = min(maxnreg, TMA_MAXNREG)
     # The dense rectangles run beside the block-sparse launch, on a side stream that
     # starts once the inputs are ready: the two write disjoint rows, and the vendor kernel
     # fills the SMs around the (short, queued first) remainder. Alone, they stay on the
@@ -167,8 +183,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan,
             PERSISTENT=persistent, INLINE_PTX=q.is_cuda,
             ONE_LOOP=plan.config.get("one_loop", False), TMA=tma,
             num_warps=warps, num_stages=plan.config["num_stages"],
-            **({"maxnreg": TMA_MAXNREG} if tma and _fits_maxnreg(tiles.bm, tiles.bn, d, warps)
-               else {}),
+            **({"maxnreg": maxnreg} if maxnreg < 255 else {}),
         )
     n_split = plan.items.split_qb.shape[0]
     if n_split:

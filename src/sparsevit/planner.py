@@ -24,6 +24,7 @@ from sparsevit.blocks import TileSet, dense_spans, extract_tiles, parse_tile
 from sparsevit.errors import SparseVitError
 from sparsevit.graph import AttentionGraph
 from sparsevit.kernels.block_sparse_attn import kernel_bitmasks
+from sparsevit.kernels.gather_rows import gather_rows
 
 # A partial tile costs its mask expansion on top of a full tile's work, a column tile
 # one mask row (measured on H100; only the launch order and the padding choice use it).
@@ -191,11 +192,11 @@ class Plan:
         zeros at padding positions."""
         if self.n_positions != self.n_tokens:
             x = torch.cat([x, x.new_zeros(*x.shape[:-2], 1, x.shape[-1])], dim=-2)
-        return x.index_select(-2, self.perm)
+        return gather_rows(x, self.perm, -2)
 
     def unpermute(self, x: torch.Tensor) -> torch.Tensor:
         """(..., n_positions, D) in plan order -> (..., N, D) in original token order."""
-        return x.index_select(-2, self.inv_perm)
+        return gather_rows(x, self.inv_perm, -2)
 
     @functools.cached_property
     def dense_tokens(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -468,6 +469,7 @@ def _scheduled_plan(sched: Any, graph: AttentionGraph, ordered: AttentionGraph,
     config = {"tile": f"{cfg['bm']}x{cfg['bn']}", "num_warps": cfg["num_warps"],
               "num_stages": cfg["num_stages"], "padded": lay.n_positions != graph.n_tokens,
               "schedule": sched.method, "predicted_us": sched.predicted_us,
+              "programs_per_sm": cfg.get("programs_per_sm"),
               "programs": None if programs is None else int(programs[0].shape[0] - 1),
               "dense": vendor.tolist()}
     return _assemble(graph, ordered, perm, reorder, lay, items, device, heads, head_dim, config,

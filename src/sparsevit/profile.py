@@ -220,9 +220,10 @@ def outliers(points: list[tuple[int, str, int, float]], fit: dict[str, float],
 
 def programs_per_sm(n_regs: int, shared: int, num_warps: int,
                     limits: dict[str, int]) -> int:
-    """Co-resident programs per SM allowed by registers, shared memory and threads."""
+    """Co-resident programs per SM allowed by registers (allocated per warp in units of
+    256), shared memory and threads."""
     threads = 32 * num_warps
-    by_regs = limits["regs_per_sm"] // max(n_regs * threads, 1)
+    by_regs = limits["regs_per_sm"] // max(-(-n_regs * 32 // 256) * 256 * num_warps, 1)
     by_smem = limits["smem_per_sm"] // (shared + 1024) if shared else 32  # 1 KB reserved
     by_threads = limits["threads_per_sm"] // threads
     return max(1, min(by_regs, by_smem, by_threads, 32))
@@ -378,7 +379,9 @@ class _Runner:
         sched = Schedule(
             method="greedy", gpu="profile", software={}, n_tokens=graph.n_tokens,
             nnz=graph.nnz, batch=1, heads=n_bh, head_dim=self.head_dim,
-            dtype="bf16", config=dict(cfg), max_tiles=max_tiles, n_items=n_items,
+            dtype="bf16", max_tiles=max_tiles, n_items=n_items,
+            # the occupancy timed: the launch caps registers so that it is the real one
+            config={**cfg, "programs_per_sm": programs // self.n_sm} if programs else cfg,
             programs=None if programs is None else even_programs(n_items * n_bh, programs),
             predicted_us=0.0, solver={"name": "none", "status": "profile", "objective": None,
                                       "gap": None, "time_s": 0.0})

@@ -38,6 +38,7 @@ from sparsevit import reorder as reorder_mod
 from sparsevit.baselines import NotSupportedError
 from sparsevit.errors import SparseVitError
 from sparsevit.graph import AttentionGraph
+from sparsevit.kernels.gather_rows import gather_rows
 
 BACKENDS = ("dense", "full", "flex", "native", "sparsevit", "floor")
 # Backends whose logits must equal the masked model's (``full`` drops the mask, ``floor``
@@ -126,10 +127,10 @@ class StageAttention:
             return x
         if int(self.gather.shape[0]) != self.n_tokens:  # padding slots read a zero row
             x = torch.cat([x, x.new_zeros(x.shape[0], 1, x.shape[2])], dim=1)
-        return x.index_select(1, self.gather)
+        return gather_rows(x, self.gather, 1)
 
     def from_layout(self, x: Tensor) -> Tensor:
-        return x if self.scatter is None else x.index_select(1, self.scatter)
+        return x if self.scatter is None else gather_rows(x, self.scatter, 1)
 
     def positions(self, tokens: Tensor) -> Tensor:
         """Layout slots of the given original tokens."""
