@@ -14,6 +14,7 @@ from sparsevit.errors import SparseVitError
 from sparsevit.kernels.block_sparse_attn import LOG2E, block_sparse_attn_fwd, split_combine
 from sparsevit.kernels.gather_rows import gather_rows, scatter_rows
 from sparsevit.planner import Plan
+from sparsevit.profile import register_budget
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -104,12 +105,12 @@ def _fits_maxnreg(bm: int, bn: int, head_dim: int, num_warps: int) -> bool:
 @functools.cache
 def register_cap(device: torch.device, programs_per_sm: int, num_warps: int) -> int:
     """Registers per thread that let ``programs_per_sm`` programs of ``num_warps`` warps
-    share an SM's register file (allocated per warp in 256-register units, so per thread
-    in multiples of 8). A schedule's occupancy is only real under this cap: the same
-    config compiles to 140-178 registers depending on argument specialisation (H200,
-    64x64/w4/s2), and at 178 only two programs fit where the schedule placed three."""
+    share this GPU's SM (``profile.register_budget``). A schedule's occupancy is only real
+    under this cap: the same config compiles to 140-178 registers depending on argument
+    specialisation (H200, 64x64/w4/s2), and at 178 only two programs fit where the
+    schedule placed three."""
     regs = torch.cuda.get_device_properties(device).regs_per_multiprocessor
-    return min(255, regs // (programs_per_sm * num_warps * 32) // 8 * 8)
+    return register_budget(regs, programs_per_sm, num_warps)
 
 
 @functools.cache

@@ -43,6 +43,7 @@ DESIGN = ((1, 2), (1, 8), (3, 2), (3, 8))
 MIN_QUERY_BLOCKS = 16  # query blocks of a synthetic graph; units grow through batch*heads
 DENSE_TOKENS = (4096, 16384)
 VENDOR_PATH_TOKENS = (1024, 2048, 4096, 8192)
+REG_ALLOC_UNIT = 256  # registers are allocated to a warp in units of this many
 OUTLIER_TOLERANCE = 0.08  # a point this far off the first fit is timed again (min kept)
 MIN_POINTS = 8  # of the 12 a fit keeps (5 costs are fitted)
 MAX_FIT_RMS = 0.1  # a fit that misses its own points by more is not used by the scheduler
@@ -221,12 +222,21 @@ def outliers(points: list[tuple[int, str, int, float]], fit: dict[str, float],
 def programs_per_sm(n_regs: int, shared: int, num_warps: int,
                     limits: dict[str, int]) -> int:
     """Co-resident programs per SM allowed by registers (allocated per warp in units of
-    256), shared memory and threads."""
+    REG_ALLOC_UNIT), shared memory and threads."""
     threads = 32 * num_warps
-    by_regs = limits["regs_per_sm"] // max(-(-n_regs * 32 // 256) * 256 * num_warps, 1)
+    per_warp = -(-n_regs * 32 // REG_ALLOC_UNIT) * REG_ALLOC_UNIT
+    by_regs = limits["regs_per_sm"] // max(per_warp * num_warps, 1)
     by_smem = limits["smem_per_sm"] // (shared + 1024) if shared else 32  # 1 KB reserved
     by_threads = limits["threads_per_sm"] // threads
     return max(1, min(by_regs, by_smem, by_threads, 32))
+
+
+def register_budget(regs_per_sm: int, programs_per_sm: int, num_warps: int) -> int:
+    """Registers per thread (at most 255) that let ``programs_per_sm`` programs of
+    ``num_warps`` warps share an SM: the inverse of ``programs_per_sm``'s register rule
+    (a multiple of 8 per thread fills whole REG_ALLOC_UNITs per warp)."""
+    per_thread = regs_per_sm // (programs_per_sm * num_warps * 32)
+    return min(255, per_thread // (REG_ALLOC_UNIT // 32) * (REG_ALLOC_UNIT // 32))
 
 
 def occupancies(r_max: int) -> list[int]:

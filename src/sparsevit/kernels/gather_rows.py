@@ -52,9 +52,8 @@ def _rows_view(x: torch.Tensor, dim: int) -> torch.Tensor | None:
     dim = dim % x.dim()
     if dim != x.dim() - 2 or x.stride(-1) != 1:
         return None
-    outer = x.shape[:-2]
-    if len(outer) <= 2:
-        return x.reshape((1,) * (2 - len(outer)) + tuple(x.shape)) if len(outer) < 2 else x
+    if x.dim() <= 4:  # leading unit dims are always a view
+        return x.reshape((1,) * (4 - x.dim()) + tuple(x.shape))
     try:
         return x.view(1, -1, *x.shape[-2:])
     except RuntimeError:
