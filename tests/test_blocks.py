@@ -80,6 +80,15 @@ def check_tiles(mask: np.ndarray, bm: int, bn: int) -> None:
     words = (bits.reshape(-1, bm, nw, WORD_BITS) << np.arange(WORD_BITS, dtype=np.uint64)).sum(-1)
     assert (ts.bitmasks.view(np.uint32) == words).all()
     assert (ts.dense_mask() == mask).all()
+    # The census: the same tiles and flags, row 0 of each bitmask only.
+    census = extract_tiles(sp.csr_matrix(mask), (bm, bn), census=True)
+    assert census.is_census and not ts.is_census
+    for name in ("row_ptr", "col_block", "nnz", "full", "mask_id", "cols"):
+        assert np.array_equal(getattr(census, name), getattr(ts, name)), name
+    assert np.array_equal(census.bitmasks, ts.bitmasks[:, :1])
+    if partial.any():
+        with pytest.raises(SparseVitError, match="census"):
+            census.dense_mask()
 
     stats = ts.stats()
     useful = int(mask.sum())

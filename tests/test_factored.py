@@ -64,6 +64,8 @@ def test_factored_dynamicvit_tiles_equal_the_csr_tiles(keep, seed):
     for tile in TILES:
         assert_same_tiles(blocks.extract_tiles(moved.matrix, tile),
                           blocks.extract_tiles(ref.adjacency, tile))
+        assert_same_tiles(blocks.extract_tiles(moved.matrix, tile, census=True),
+                          blocks.extract_tiles(ref.adjacency, tile, census=True))
         assert np.array_equal(layout.closed_groups(moved.matrix),
                               layout.closed_groups(ref.adjacency))
         for pad in (True, False, "auto"):

@@ -241,10 +241,14 @@ def test_pad_auto_picks_the_cheaper_layout() -> None:
         sv.plan(g, device=DEVICE, pad="yes")
 
 
+@pytest.mark.parametrize("rows_per_pass", [1 << 15, 5])
 @pytest.mark.parametrize("nw", [1, 2, 4])
-def test_kernel_bitmasks_interleave_columns(nw: int) -> None:
+def test_kernel_bitmasks_interleave_columns(nw: int, rows_per_pass: int,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from sparsevit.kernels import block_sparse_attn
     from sparsevit.kernels.block_sparse_attn import kernel_bitmasks
 
+    monkeypatch.setattr(block_sparse_attn, "_ROWS_PER_PASS", rows_per_pass)
     bits = np.random.default_rng(nw).random((3, 8, 32 * nw)) < 0.5
     words = np.packbits(bits, axis=2, bitorder="little").view(np.int32)  # TileSet layout
     dev = kernel_bitmasks(words).reshape(3, 8, nw).view(np.uint32)

@@ -83,7 +83,8 @@ def test_even_programs():
 def test_cache_key_names_gpu_dtype_and_versions():
     key = profile_mod.cache_key("NVIDIA H200", {"triton": "3.6.0", "torch": "2.11.0+cu130"},
                                 "bf16", 64)
-    assert key == "nvidia-h200.bf16.d64.triton-3.6.0.torch-2.11.0_cu130.json"
+    assert key == (f"nvidia-h200.v{profile_mod.VERSION}.bf16.d64.triton-3.6.0"
+                   ".torch-2.11.0_cu130.json")
 
 
 def test_cli_profile_on_a_cpu_only_machine(monkeypatch, capsys):
@@ -126,6 +127,19 @@ def test_cached_profile_is_found_by_gpu_and_versions(tmp_path, monkeypatch):
     assert profile_mod.load(None, prof["dtype"], prof["head_dim"])["gpu"] == prof["gpu"]
 
 
+def test_combine_fit_through_three_points_and_never_below_zero():
+    # launch 2, wave 1, chunk 0.5: (1 wave, 2 chunks, 4 us), (1, 4, 5), (6, 4, 20)
+    assert profile_mod.combine_fit([(1, 2, 4.0), (1, 4, 5.0), (6, 4, 20.0)]) == pytest.approx(
+        {"launch_us": 2.0, "wave_us": 1.0, "chunk_us": 0.5})
+    # Noise: more chunks measured faster, more waves faster, a launch below zero.
+    assert profile_mod.combine_fit([(1, 2, 6.0), (1, 4, 5.0), (6, 4, 3.0)]) == {
+        "launch_us": 5.0, "wave_us": 0.0, "chunk_us": 0.0}
+    assert profile_mod.combine_fit([(1, 2, 1.0), (1, 4, 1.0), (6, 4, 21.0)]) == pytest.approx(
+        {"launch_us": 0.0, "wave_us": 4.0, "chunk_us": 0.0})
+    with pytest.raises(SparseVitError, match="combine points"):
+        profile_mod.combine_fit([(1, 4, 1.0), (1, 4, 2.0), (6, 4, 3.0)])
+
+
 FAKE_COSTS = {"launch_us": 7.0, "unit_us": 2.0, "full_us": 1.0, "column_us": 1.1,
               "partial_us": 1.5}
 
@@ -149,7 +163,8 @@ class _FakeRunner:
         return m, us * (3.0 if self.calls == 2 else 1.0)
 
     def combine(self, cfg):
-        return {"bm": cfg["bm"], "launch_us": 5.0, "chunk_us": 0.5, "points": []}
+        return {"bm": cfg["bm"], "launch_us": 5.0, "wave_us": 1.0, "chunk_us": 0.5,
+                "points": []}
 
     def dense(self):
         return []

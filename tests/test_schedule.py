@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -71,6 +72,13 @@ def test_methods_and_their_choices(solved, ordered):
     assert 0.0 <= ilp.solver["gap"] < 1.0
     assert ilp.solver["time_s"] > 0 and ilp.solver["objective"] == pytest.approx(ilp.predicted_us)
     assert ilp.n_tokens == ordered.n_tokens and ilp.nnz == ordered.nnz
+    # Shapes are weighed on tile censuses; the chosen one's layout comes whole.
+    for s in (fixed, greedy, ilp, placed):
+        shape = (s.config["bm"], s.config["bn"])
+        whole = sv.planner.tile_layout(ordered, shape, "auto")
+        assert not s.layout.tiles.is_census and s.layout.n_positions == whole.n_positions
+        for name in ("row_ptr", "col_block", "full", "mask_id", "bitmasks", "cols"):
+            assert np.array_equal(getattr(s.layout.tiles, name), getattr(whole.tiles, name))
 
 
 def test_json_round_trip_and_schema(solved, tmp_path):

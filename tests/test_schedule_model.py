@@ -61,7 +61,7 @@ def test_costs_latency_counts_each_tile_kind():
     tiles = planner.tile_layout(sv.masks.vision_longformer((16, 16), window=5, n_global=1),
                                 (32, 32), False).tiles
     items = planner.make_work_items(tiles, 4)
-    c = model.Costs(32, 32, 4, 2, 2, 3.0, 1.0, 0.5, 0.6, 0.7, 2.0, 0.1)
+    c = model.Costs(32, 32, 4, 2, 2, 3.0, 1.0, 0.5, 0.6, 0.7, 2.0, 0.3, 0.1)
     lat = c.latency(items)
     expect = (1.0 + 0.5 * (items.tmid - items.t0) + 0.6 * (items.tcol - items.tmid)
               + 0.7 * (items.t1 - items.tcol))
@@ -70,7 +70,7 @@ def test_costs_latency_counts_each_tile_kind():
     assert n_split > 0  # the global token's row is cut
     chunks = int((items.split_s1 - items.split_s0).max())
     waves = -(-n_split * 12 // 132)
-    assert c.combine_us(items, 12, 132) == pytest.approx(2.0 + 0.1 * chunks * waves)
+    assert c.combine_us(items, 12, 132) == pytest.approx(2.0 + waves * (0.3 + 0.1 * chunks))
 
 
 def test_split_choices_include_the_planner_default_and_no_split():

@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 from bisect import bisect_left
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -40,6 +40,8 @@ class TileSet:
     ``col_block``. ``mask_id[t]`` indexes ``bitmasks`` for partial tiles (-1 for full).
     ``bitmasks[m, i, k]`` bit ``b`` is entry (row ``i``, column ``32*k + b``) of the tile.
     ``cols[t]``: partial tile whose rows all share row 0's bits (a column tile).
+    A *census* (``extract_tiles(..., census=True)``) keeps row 0 of each bitmask only:
+    every flag and count, and the column tiles' patterns, in 1/BM of the memory.
     """
 
     bm: int
@@ -73,6 +75,10 @@ class TileSet:
     def words_per_row(self) -> int:
         return -(-self.bn // WORD_BITS)
 
+    @property
+    def is_census(self) -> bool:
+        return self.bitmasks.shape[1] != self.bm
+
     def stats(self) -> dict[str, Any]:
         """Tiles touched, fill (useful / computed entries) and density of the graph."""
         useful = int(self.nnz.sum())
@@ -92,6 +98,8 @@ class TileSet:
 
     def dense_mask(self) -> np.ndarray:
         """The attended entries as a dense bool matrix (tests and small graphs only)."""
+        if self.is_census:
+            raise SparseVitError("a tile census has no partial tiles' rows: extract the tiles")
         n = self.n_tokens
         out = np.zeros((self.n_query_blocks * self.bm, self.n_key_blocks * self.bn), bool)
         bit = np.arange(self.bn)
@@ -185,13 +193,15 @@ CHUNK_ENTRIES = 1 << 22
 
 
 def extract_tiles(adjacency: Adjacency | sp.spmatrix, tile: str | tuple[int, int] = (64, 64),
-                  row_valid: np.ndarray | None = None) -> TileSet:
+                  row_valid: np.ndarray | None = None, census: bool = False) -> TileSet:
     """All non-empty BM x BN tiles of ``adjacency``, with full / column flags and bitmasks.
 
     ``row_valid`` (bool per row, default all): rows marked False are padding, whose
     entries must be empty; they count as matching any pattern (see the module doc).
     A ``FactoredAdjacency`` gives the same tiles as its CSR without expanding its
     bicliques: a biclique's bits in a tile are its row bits times its column bits there.
+    ``census``: keep row 0 of each partial tile's bitmask only (see ``TileSet``), what a
+    scheduler weighing tile shapes needs; a dense graph's full bitmasks take GBs to build.
     """
     bm, bn = parse_tile(tile)
     if isinstance(adjacency, FactoredAdjacency):
@@ -217,16 +227,31 @@ def extract_tiles(adjacency: Adjacency | sp.spmatrix, tile: str | tuple[int, int
     bounds = np.unique(np.concatenate([[0], cuts[cuts < n_qb], [n_qb]]))
     tiled = [_TiledBiclique.of(b, n, bm, bn) for b in parts if b.nnz]
     rows_of = (_block_rows(valid, bm), _block_rows(np.ones(n, bool), bm))
-    chunks = [_tiles_of_blocks(adj, tiled, int(q0), int(q1), bm, bn, needed_rows, rows_of)
-              for q0, q1 in itertools.pairwise(bounds)]
-    qb, kb, counts, full, words, col_tiles = (np.concatenate([chunk[i] for chunk in chunks])
-                                              for i in range(6))
+    spans = list(itertools.pairwise(bounds.tolist()))
+
+    def chunk(q0: int, q1: int) -> _Chunk:
+        return _chunk_tiles(adj, tiled, q0, q1, bm, bn, needed_rows)
+
+    # Two passes: every chunk's tiles, then the partial tiles' bits straight into one
+    # array. A dense graph's bitmasks reach GBs: gathering them per chunk would page that
+    # memory in twice. A single chunk keeps its entries between the passes.
+    firsts = [chunk(*spans[0])] if len(spans) == 1 else [chunk(q0, q1).tiles_only()
+                                                         for q0, q1 in spans]
+    qb, kb, counts, full = (np.concatenate([c[i] for c in firsts]) for i in range(4))
+    row_words = (1 if census else bm) * -(-bn // WORD_BITS)
+    ends = np.cumsum([0] + [int((~c.full).sum()) * row_words for c in firsts])
+    words = np.zeros(int(ends[-1]), np.uint32)
+    col_tiles = np.concatenate([np.zeros(0, bool)] + [
+        _chunk_bits(c if c.rows is not None else chunk(q0, q1), tiled, bm, bn, rows_of,
+                    words[a:b], census)
+        for c, (q0, q1), a, b in zip(firsts, spans, ends[:-1], ends[1:], strict=True)])
     row_ptr = np.zeros(n_qb + 1, dtype=np.int32)
     np.cumsum(np.bincount(qb, minlength=n_qb), out=row_ptr[1:])
     partial = np.flatnonzero(~full)
     mask_id = np.full(qb.shape[0], -1, dtype=np.int32)
     mask_id[partial] = np.arange(partial.shape[0], dtype=np.int32)
-    bitmasks = words.view(np.int32).reshape(partial.shape[0], bm, -(-bn // WORD_BITS))
+    bitmasks = words.view(np.int32).reshape(partial.shape[0], 1 if census else bm,
+                                            -(-bn // WORD_BITS))
     cols_flag = np.zeros(qb.shape[0], bool)
     cols_flag[partial] = col_tiles
     return TileSet(bm, bn, n, row_ptr, kb.astype(np.int32), counts.astype(np.int32), full,
@@ -238,7 +263,7 @@ class _TiledBiclique:
     """A biclique cut along tile boundaries: its rows per query block, its packed column
     words per key block, and the blocks it touches."""
 
-    row_bits: np.ndarray  # (query blocks, BM) bool
+    row_words: np.ndarray  # (query blocks, BM) uint32: all ones on its rows, else 0
     row_count: np.ndarray  # per query block
     col_words: np.ndarray  # (key blocks, words per row) uint32
     col_count: np.ndarray  # per key block
@@ -256,7 +281,8 @@ class _TiledBiclique:
         starts = np.flatnonzero(np.concatenate([[True], slot[1:] != slot[:-1]]))
         words[slot[starts]] = np.bitwise_or.reduceat(bits, starts)
         col_count = np.bincount(b.cols // bn, minlength=n_kb)
-        return cls(row_bits, row_bits.sum(axis=1), words.reshape(n_kb, nw), col_count,
+        return cls(row_bits * np.uint32(0xFFFFFFFF), row_bits.sum(axis=1),
+                   words.reshape(n_kb, nw), col_count,
                    np.flatnonzero(col_count))
 
     def tiles(self, q0: int, q1: int) -> tuple[np.ndarray, np.ndarray]:
@@ -266,14 +292,28 @@ class _TiledBiclique:
                 np.tile(self.key_blocks, qbs.shape[0]))
 
 
-def _tiles_of_blocks(adj: sp.csr_matrix, parts: list[_TiledBiclique], q0: int, q1: int,
-                     bm: int, bn: int, needed_rows: np.ndarray,
-                     rows_of: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, ...]:
-    """(query block, key block, entries, full, packed bits of the partial tiles, which
-    partial tiles are column tiles) of the non-empty tiles of query blocks [q0, q1), in
-    (query block, key block) order: the entries of ``adj`` plus the tiles of the
-    (disjoint) bicliques ``parts``. ``rows_of``: per query block, its valid rows and its
-    rows inside the sequence (``_column_tiles``)."""
+class _Chunk(NamedTuple):
+    """The non-empty tiles of a run of query blocks, in (query block, key block) order;
+    and, until ``tiles_only``, what packing their bits needs: each entry of the remainder
+    (chunk-relative row, column) and the tile rank of each entry and of each part tile."""
+
+    qb: np.ndarray
+    kb: np.ndarray
+    counts: np.ndarray
+    full: np.ndarray
+    rows: np.ndarray | None
+    cols: np.ndarray | None
+    ranks: list[np.ndarray] | None
+    part_tiles: list[tuple[np.ndarray, np.ndarray]] | None
+
+    def tiles_only(self) -> _Chunk:
+        return self._replace(rows=None, cols=None, ranks=None, part_tiles=None)
+
+
+def _chunk_tiles(adj: sp.csr_matrix, parts: list[_TiledBiclique], q0: int, q1: int,
+                 bm: int, bn: int, needed_rows: np.ndarray) -> _Chunk:
+    """The tiles of query blocks [q0, q1): the entries of ``adj`` plus the tiles of the
+    (disjoint) bicliques ``parts``."""
     n = adj.shape[0]
     n_kb = -(-n // bn)
     sm, sn = bm.bit_length() - 1, bn.bit_length() - 1  # sides are powers of two: shifts
@@ -284,20 +324,29 @@ def _tiles_of_blocks(adj: sp.csr_matrix, parts: list[_TiledBiclique], q0: int, q
     part_keys = [(pq - q0) * n_kb + pk for pq, pk in part_tiles]
     part_counts = [p.row_count[pq] * p.col_count[pk] for p, (pq, pk) in zip(parts, part_tiles,
                                                                              strict=True)]
-    # Non-empty tiles in (query block, key block) order, and each entry's / part tile's rank.
     tile_ids, ranks, counts = _group([(rows >> sm) * n_kb + (cols >> sn), *part_keys],
                                      [None, *part_counts], (q1 - q0) * n_kb)
-    rank = ranks[0]
     qb, kb = q0 + tile_ids // n_kb, tile_ids % n_kb
     full = (counts == needed_rows[qb] * bn) & ((kb + 1) * bn <= n)
-    # Pack the bits of the partial tiles' entries into (tile, row, word) slots. CSR rows
-    # hold sorted columns, so the entries of one slot are consecutive: OR each run.
+    return _Chunk(qb, kb, counts, full, rows, cols, ranks, part_tiles)
+
+
+def _chunk_bits(chunk: _Chunk, parts: list[_TiledBiclique], bm: int, bn: int,
+                rows_of: tuple[np.ndarray, np.ndarray], out: np.ndarray,
+                census: bool) -> np.ndarray:
+    """Pack the bits of the chunk's partial tiles into ``out`` (zeros: BM rows of words
+    per tile, or row 0 only for a ``census``); return which are column tiles.
+    ``rows_of``: per query block, its valid rows and its rows inside the sequence."""
+    full, rank, rows, cols = chunk.full, chunk.ranks[0], chunk.rows, chunk.cols
+    sm = bm.bit_length() - 1
     nw = -(-bn // WORD_BITS)
     partial_rank = np.cumsum(~full) - 1
     if full.any():
         keep = ~full[rank]
         rank, rows, cols = rank[keep], rows[keep], cols[keep]
-    # In place where possible: fresh temporaries of this size cost page faults.
+    # Entries into (tile, row, word) slots. CSR rows hold sorted columns, so the entries
+    # of one slot are consecutive: OR each run. In place where possible: fresh
+    # temporaries of this size cost page faults.
     bits = np.left_shift(np.uint32(1), (cols & (min(bn, WORD_BITS) - 1)).astype(np.uint32))
     slot = partial_rank[rank]
     slot <<= sm
@@ -305,21 +354,30 @@ def _tiles_of_blocks(adj: sp.csr_matrix, parts: list[_TiledBiclique], q0: int, q
     slot *= nw
     cols &= bn - 1
     slot += np.right_shift(cols, WORD_BITS.bit_length() - 1, out=cols)
-    words = np.zeros(int((~full).sum()) * bm * nw, np.uint32)
+    words = np.zeros(int((~full).sum()) * bm * nw, np.uint32) if census else out
     if slot.shape[0]:
         starts = np.flatnonzero(np.concatenate([[True], slot[1:] != slot[:-1]]))
         words[slot[starts]] = np.bitwise_or.reduceat(bits, starts)
     # A biclique's bits in a partial tile: its column words on each of its rows there.
     per_tile = words.reshape(-1, bm, nw)
-    for p, (pq, pk), prank in zip(parts, part_tiles, ranks[1:], strict=True):
+    for p, (pq, pk), prank in zip(parts, chunk.part_tiles, chunk.ranks[1:], strict=True):
         sel = ~full[prank]
-        per_tile[partial_rank[prank[sel]]] |= (p.row_bits[pq[sel]][:, :, None]
-                                               * p.col_words[pk[sel]][:, None, :])
+        dst = partial_rank[prank[sel]]  # increasing
+        rows, cols = p.row_words[pq[sel]], p.col_words[pk[sel]]
+        bits = np.empty((dst.size, bm, nw), np.uint32)
+        for w in range(nw):  # word by word: numpy's inner loop then runs along BM rows
+            np.bitwise_and(rows, cols[:, w:w + 1], out=bits[:, :, w])
+        if dst.size and dst[-1] - dst[0] + 1 == dst.size:  # consecutive tiles: in place
+            per_tile[dst[0]:dst[-1] + 1] |= bits
+        else:
+            per_tile[dst] |= bits
     # Column tiles while the chunk's words are still in cache.
-    partial_qb = qb[~full]
+    partial_qb = chunk.qb[~full]
     col_tiles = _column_tiles(per_tile.view(np.int32), rows_of[0][partial_qb],
                               rows_of[1][partial_qb])
-    return qb, kb, counts, full, words, col_tiles
+    if census:
+        out[:] = per_tile[:, 0].reshape(-1)
+    return col_tiles
 
 
 def occupied_cells(adjacency: Adjacency, ch: int, cw: int) -> np.ndarray:
@@ -356,7 +414,10 @@ def _column_tiles(bitmasks: np.ndarray, valid: np.ndarray, present: np.ndarray) 
     rows, lead = bitmasks, template
     if bitmasks.shape[2] % 2 == 0:  # compare whole rows in fewer, wider words
         rows, lead = bitmasks.view(np.int64), template.view(np.int64)
-    same = ((rows == lead[:, None, :]).all(axis=2) | ~valid).all(axis=1)
+    equal = rows[:, :, 0] == lead[:, :1]
+    for w in range(1, rows.shape[2]):  # word by word: numpy's inner loop runs along BM rows
+        equal &= rows[:, :, w] == lead[:, w:w + 1]
+    same = (equal | ~valid).all(axis=1)
     fill = same[:, None] & ~valid & present  # padding rows of column tiles
     bitmasks[fill] = np.broadcast_to(template[:, None, :], bitmasks.shape)[fill]
     return same

@@ -79,15 +79,18 @@ class Layout:
     n_positions: int
 
 
-def tile_layout(graph: AttentionGraph, tile: tuple[int, int], pad: str | bool = "auto") -> Layout:
+def tile_layout(graph: AttentionGraph, tile: tuple[int, int], pad: str | bool = "auto",
+                census: bool = False) -> Layout:
     """Tiles of an already reordered graph, with padding (``layout``) when ``pad`` is True,
-    or with ``"auto"`` when padding lowers ``tile_cost``."""
+    or with ``"auto"`` when padding lowers ``tile_cost``. ``census``: the tiles without
+    their partial rows (``blocks.extract_tiles``), the same layout otherwise."""
     if pad not in ("auto", True, False):
         raise SparseVitError(f"pad must be 'auto', True or False, got {pad!r}")
     n = graph.n_tokens
 
     def unpadded() -> Layout:
-        return Layout(order_tiles(extract_tiles(graph.matrix, tile)), np.arange(n), n)
+        return Layout(order_tiles(extract_tiles(graph.matrix, tile, census=census)),
+                      np.arange(n), n)
 
     if pad is False:
         return unpadded()
@@ -97,7 +100,8 @@ def tile_layout(graph: AttentionGraph, tile: tuple[int, int], pad: str | bool = 
     valid = np.zeros(n_pos, bool)
     valid[positions] = True
     adj = layout.padded_adjacency(graph.matrix, positions, n_pos)
-    padded = Layout(order_tiles(extract_tiles(adj, tile, row_valid=valid)), positions, n_pos)
+    padded = Layout(order_tiles(extract_tiles(adj, tile, row_valid=valid, census=census)),
+                    positions, n_pos)
     if pad is True:
         return padded
     plain = unpadded()

@@ -35,7 +35,7 @@ import scipy.sparse as sp
 from sparsevit import atomic
 from sparsevit.errors import SparseVitError
 
-VERSION = 1
+VERSION = 2  # 2: the combine pass costs a launch, a per-wave and a per-chunk term
 DTYPES = ("bf16", "fp16")
 KINDS = ("full", "column", "partial")
 # (units per program, tiles per unit): two of each, enough for the 5-parameter fit.
@@ -58,9 +58,10 @@ def cache_dir() -> Path:
 
 
 def cache_key(gpu: str, software: dict[str, str], dtype: str, head_dim: int) -> str:
-    """File name of a profile: GPU, dtype, head dim, triton and torch versions."""
+    """File name of a profile: GPU, dtype, head dim, triton and torch versions, and the
+    profile format's version (a new format is measured anew, not read from an old file)."""
     slug = re.sub(r"[^A-Za-z0-9]+", "-", gpu).strip("-").lower()
-    return (f"{slug}.{dtype}.d{head_dim}.triton-{software.get('triton', '?')}"
+    return (f"{slug}.v{VERSION}.{dtype}.d{head_dim}.triton-{software.get('triton', '?')}"
             f".torch-{software.get('torch', '?')}.json").replace("+", "_")
 
 
@@ -154,14 +155,14 @@ def costs(profile: dict[str, Any]) -> list[Any]:
     combine = {c["bm"]: c for c in profile["combine"]}
     out = []
     for c in profile["configs"]:
-        comb = combine.get(c["bm"], {"launch_us": 0.0, "chunk_us": 0.0})
+        comb = combine.get(c["bm"], {"launch_us": 0.0, "wave_us": 0.0, "chunk_us": 0.0})
         for f in c["fits"]:
             if not f.get("usable", True):
                 continue
             out.append(Costs(c["bm"], c["bn"], c["num_warps"], c["num_stages"],
                              int(f["programs_per_sm"]), max(f["launch_us"], 0.0),
                              max(f["unit_us"], 0.0), *(max(f[f"{k}_us"], 0.0) for k in KINDS),
-                             max(comb["launch_us"], 0.0), max(comb["chunk_us"], 0.0)))
+                             *(max(comb[f"{k}_us"], 0.0) for k in ("launch", "wave", "chunk"))))
     return out
 
 
@@ -364,6 +365,23 @@ def measure(dtype: str = "bf16", head_dim: int = 64, shapes: list[tuple[int, int
     }
 
 
+def combine_fit(points: list[tuple[int, int, float]]) -> dict[str, float]:
+    """(launch_us, wave_us, chunk_us) through three (waves, chunks, µs) points, two of one
+    wave and two of the same chunk count: the combine pass costs launch_us + waves *
+    (wave_us + chunk_us * chunks) (``Costs.combine_us``). Each is clamped at zero: a
+    negative cost is timing noise, and pricing splits below nothing would make the
+    scheduler cut rows for free."""
+    (w1, c1, t1), (w2, c2, t2), (w3, c3, t3) = points
+    if not (w1 == w2 and c2 == c3 and c1 != c2 and w2 != w3):
+        raise SparseVitError(f"combine points need two of one wave and two of one chunk "
+                             f"count, got {points}")
+    chunk_us = max(0.0, (t2 - t1) / (c2 - c1) / w1)
+    per_wave = (t3 - t2) / (w3 - w2)  # wave_us + chunk_us * c2
+    wave_us = max(0.0, per_wave - chunk_us * c2)
+    launch_us = max(0.0, t2 - w2 * (wave_us + chunk_us * c2))
+    return {"launch_us": launch_us, "wave_us": wave_us, "chunk_us": chunk_us}
+
+
 class _Runner:
     """Times sparsevit's own kernel (``sv.attention`` on a scheduled plan) on synthetic graphs."""
 
@@ -434,27 +452,26 @@ class _Runner:
 
     def combine(self, cfg: dict[str, Any]) -> dict[str, Any]:
         """Split-combine cost at tile height bm: measured time minus the fitted main pass,
-        for heavy rows cut into 4 chunks, at two sizes."""
+        for query blocks of 8 full tiles cut into 2 and 4 chunks (one wave of combine
+        programs) and into 4 chunks at 8x the batch*heads (several waves)."""
         from sparsevit.schedule.model import Costs
 
         fit = cfg["fits"][0]
         r = fit["programs_per_sm"]
         c = Costs(cfg["bm"], cfg["bn"], cfg["num_warps"], cfg["num_stages"], r,
                   fit["launch_us"], fit["unit_us"], fit["full_us"], fit["column_us"],
-                  fit["partial_us"], 0.0, 0.0)
+                  fit["partial_us"], 0.0, 0.0, 0.0)
         graph = self._graph(cfg["bm"], cfg["bn"], "full", 8)
         n_qb = -(-graph.n_tokens // cfg["bm"])
         points = []
-        for n_bh in (4, 32):
-            plan = self._plan(cfg, graph, n_bh, 2, self.n_sm * r)
+        for n_bh, chunks in ((4, 2), (4, 4), (32, 4)):
+            max_tiles = 8 // chunks
+            plan = self._plan(cfg, graph, n_bh, max_tiles, self.n_sm * r)
             busiest = -(-plan.items.qb.shape[0] * n_bh // (self.n_sm * r))
-            main = c.launch_us + busiest * (c.unit_us + 2 * c.full_us)
+            main = c.launch_us + busiest * (c.unit_us + max_tiles * c.full_us)
             waves = math.ceil(n_qb * n_bh / self.n_sm)
-            points.append((waves, self._bench(plan) - main))
-        (w1, t1), (w2, t2) = points
-        per_wave = (t2 - t1) / (w2 - w1) / 4
-        return {"bm": cfg["bm"], "launch_us": t1 - 4 * per_wave * w1, "chunk_us": per_wave,
-                "points": [list(p) for p in points]}
+            points.append((waves, chunks, self._bench(plan) - main))
+        return {"bm": cfg["bm"], **combine_fit(points), "points": [list(p) for p in points]}
 
     def dense(self) -> list[dict[str, Any]]:
         """Dense SDPA (flash, cuDNN) on fully dense attention, 12 heads: the vendor kernel a

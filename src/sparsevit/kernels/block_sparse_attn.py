@@ -61,6 +61,9 @@ _EVERY_4TH = (0x1111111111111111, ((3, 0x0303030303030303), (6, 0x000F000F000F00
                                    (12, 0x000000FF000000FF), (24, 0x000000000000FFFF)))
 
 
+_ROWS_PER_PASS = 1 << 15
+
+
 def _compact(x: np.ndarray, steps: tuple) -> np.ndarray:
     first, rest = steps
     x = x & np.uint64(first)
@@ -78,12 +81,17 @@ def kernel_bitmasks(bitmasks: np.ndarray) -> np.ndarray:
         return bitmasks.reshape(-1)
     rows = np.ascontiguousarray(bitmasks).view(np.uint64).reshape(m * bm, nw // 2)
     out = np.empty((m * bm, nw), np.uint32)
-    for w in range(nw):
-        if nw == 2:
-            out[:, w] = _compact(rows[:, 0] >> np.uint64(w), _EVERY_2ND)
-        else:  # nw == 4: columns 0..63 in the low uint64, 64..127 in the high one
-            low = _compact(rows[:, 0] >> np.uint64(w), _EVERY_4TH)
-            out[:, w] = low | (_compact(rows[:, 1] >> np.uint64(w), _EVERY_4TH) << np.uint64(16))
+    # Rows in cache-sized chunks: a dense graph's bitmasks reach GBs, and whole-array
+    # temporaries would each cost a pass over fresh memory.
+    for r0 in range(0, m * bm, _ROWS_PER_PASS):
+        chunk, dst = rows[r0:r0 + _ROWS_PER_PASS], out[r0:r0 + _ROWS_PER_PASS]
+        for w in range(nw):
+            if nw == 2:
+                dst[:, w] = _compact(chunk[:, 0] >> np.uint64(w), _EVERY_2ND)
+            else:  # nw == 4: columns 0..63 in the low uint64, 64..127 in the high one
+                low = _compact(chunk[:, 0] >> np.uint64(w), _EVERY_4TH)
+                dst[:, w] = low | (_compact(chunk[:, 1] >> np.uint64(w), _EVERY_4TH)
+                                   << np.uint64(16))
     return out.view(np.int32).reshape(-1)
 
 

@@ -212,8 +212,8 @@ def solve(graph: Any, profile: Any, method: str, *, batch: int, heads: int, head
     layouts: dict[tuple[int, int], Any] = {}
 
     def tiles_of(shape: tuple[int, int]) -> Any:
-        if shape not in layouts:
-            layouts[shape] = planner.tile_layout(graph, shape, pad)
+        if shape not in layouts:  # a census: only the chosen shape's bitmasks are built
+            layouts[shape] = planner.tile_layout(graph, shape, pad, census=True)
         return layouts[shape].tiles
 
     measured = prof.get("dense", [])  # dense-kernel timings, the vendor path among them
@@ -285,7 +285,10 @@ def solve(graph: Any, profile: Any, method: str, *, batch: int, heads: int, head
                                 n_sm, time_limit, solver, details, bounds_exact=pad is False)
         chosen = _schedule(method, prof, graph, batch, heads, head_dim, dtype_name, best,
                            best.programs(), best.predicted(), info, details)
-    chosen.layout = layouts[(chosen.config["bm"], chosen.config["bn"])]
+    shape = (chosen.config["bm"], chosen.config["bn"])
+    # The census decided whether to pad; the full layout is built once, the same way.
+    chosen.layout = planner.tile_layout(graph, shape,
+                                        layouts[shape].n_positions != graph.n_tokens)
     return chosen
 
 

@@ -58,6 +58,7 @@ class Costs:
     column_us: float
     partial_us: float
     combine_launch_us: float
+    combine_wave_us: float
     combine_chunk_us: float
 
     @property
@@ -72,13 +73,15 @@ class Costs:
                 + self.partial_us * (items.t1 - items.tcol))
 
     def combine_us(self, items: WorkItems, n_bh: int, n_sm: int) -> float:
-        """The split-combine pass: its launch plus, per wave of programs, its chunks."""
+        """The split-combine pass: its launch plus, per wave of programs, a fixed cost and
+        its chunks."""
         n_split = int(items.split_qb.shape[0])
         if not n_split:
             return 0.0
         chunks = float((items.split_s1 - items.split_s0).max())
         waves = math.ceil(n_split * n_bh / n_sm)
-        return self.combine_launch_us + self.combine_chunk_us * chunks * waves
+        return self.combine_launch_us + waves * (self.combine_wave_us
+                                                 + self.combine_chunk_us * chunks)
 
 
 VENDOR_PATH = "vendor_path"  # the profile's measurements of a plan's dense rectangles
