@@ -238,10 +238,10 @@ def extract_tiles(adjacency: Adjacency | sp.spmatrix, tile: str | tuple[int, int
     firsts = [chunk(*spans[0])] if len(spans) == 1 else [chunk(q0, q1).tiles_only()
                                                          for q0, q1 in spans]
     qb, kb, counts, full = (np.concatenate([c[i] for c in firsts]) for i in range(4))
-    row_words = (1 if census else bm) * -(-bn // WORD_BITS)
-    ends = np.cumsum([0] + [int((~c.full).sum()) * row_words for c in firsts])
+    kept_rows, nw = (1 if census else bm), -(-bn // WORD_BITS)
+    ends = np.cumsum([0] + [int((~c.full).sum()) * kept_rows * nw for c in firsts])
     words = np.zeros(int(ends[-1]), np.uint32)
-    col_tiles = np.concatenate([np.zeros(0, bool)] + [
+    col_tiles = np.concatenate([
         _chunk_bits(c if c.rows is not None else chunk(q0, q1), tiled, bm, bn, rows_of,
                     words[a:b], census)
         for c, (q0, q1), a, b in zip(firsts, spans, ends[:-1], ends[1:], strict=True)])
@@ -250,8 +250,7 @@ def extract_tiles(adjacency: Adjacency | sp.spmatrix, tile: str | tuple[int, int
     partial = np.flatnonzero(~full)
     mask_id = np.full(qb.shape[0], -1, dtype=np.int32)
     mask_id[partial] = np.arange(partial.shape[0], dtype=np.int32)
-    bitmasks = words.view(np.int32).reshape(partial.shape[0], 1 if census else bm,
-                                            -(-bn // WORD_BITS))
+    bitmasks = words.view(np.int32).reshape(partial.shape[0], kept_rows, nw)
     cols_flag = np.zeros(qb.shape[0], bool)
     cols_flag[partial] = col_tiles
     return TileSet(bm, bn, n, row_ptr, kb.astype(np.int32), counts.astype(np.int32), full,
