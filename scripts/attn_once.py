@@ -1,6 +1,7 @@
 """Run the block-sparse kernel on one model graph with one fixed config: a target for
 Nsight Compute (``scripts/ncu_attn.sh``) or a quick check of a single config. Prints
-the plan's tile stats and the median µs (do_bench, L2 flushed) of the launch.
+the plan's tile stats and the launch's median µs (``timing.bench``: L2 flushed, CUDA
+graph replays).
 
     python scripts/attn_once.py --model VisionLongformer --resolution 2048 --tile 64x64
 """
@@ -10,10 +11,10 @@ from __future__ import annotations
 import argparse
 
 import torch
-import triton.testing
 from tabulate import tabulate
 
 import sparsevit as sv
+from sparsevit import timing
 from sparsevit.masks import grid_for
 
 
@@ -38,8 +39,7 @@ def main() -> None:
     n = graph.n_tokens if args.gathered else plan.n_positions
     q, k, v = (torch.randn(1, args.heads, n, args.head_dim, device="cuda",
                            dtype=torch.bfloat16) for _ in range(3))
-    us = 1e3 * triton.testing.do_bench(
-        lambda: sv.attention(q, k, v, plan, ordered=not args.gathered), return_mode="median")
+    us = timing.bench(lambda: sv.attention(q, k, v, plan, ordered=not args.gathered))["median_us"]
     print(tabulate([{"graph": args.model, "tokens": graph.n_tokens, **plan.tiles.stats(),
                      "config": f"{args.tile}/w{args.warps}/s{args.stages}",
                      "form": "gathered" if args.gathered else "ordered", "us": us}],

@@ -13,11 +13,11 @@ import argparse
 import functools
 
 import torch
-import triton.testing
 from tabulate import tabulate
 from tqdm import tqdm
 
 import sparsevit as sv
+from sparsevit import timing
 from sparsevit.masks import grid_for
 
 
@@ -32,10 +32,12 @@ def graphs(resolution: int) -> dict[str, sv.graph.AttentionGraph]:
 def dense_cudnn_us(n: int, heads: int, head_dim: int) -> float:
     q, k, v = (torch.randn(1, heads, n, head_dim, device="cuda", dtype=torch.bfloat16)
                for _ in range(3))
-    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
-        return 1e3 * triton.testing.do_bench(
-            lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v),
-            return_mode="median")
+
+    def call() -> torch.Tensor:
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    return timing.bench(call)["median_us"]
 
 
 def main() -> None:
@@ -54,8 +56,8 @@ def main() -> None:
         q, k, v = (plan.permute(torch.randn(1, args.heads, g.n_tokens, args.head_dim,
                                             device="cuda", dtype=torch.bfloat16))
                    for _ in range(3))
-        ordered = 1e3 * triton.testing.do_bench(
-            functools.partial(sv.attention, q, k, v, plan, ordered=True), return_mode="median")
+        ordered = timing.bench(
+            functools.partial(sv.attention, q, k, v, plan, ordered=True))["median_us"]
         best = plan.config
         rows.append({"graph": name, "res": res, "tokens": g.n_tokens,
                      "best": f"{best['tile']}/w{best['num_warps']}/s{best['num_stages']}",

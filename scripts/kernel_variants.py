@@ -11,11 +11,11 @@ from __future__ import annotations
 import functools
 
 import torch
-import triton.testing
 from tabulate import tabulate
 
 import sparsevit as sv
 import sparsevit.ops as ops
+from sparsevit import timing
 from sparsevit.masks import grid_for
 
 CASES = (("VisionLongformer", 2048), ("VisionLongformer", 1024), ("RegionViT", 2048),
@@ -24,7 +24,7 @@ VARIANTS = {"pointers": (False, False), "bulk": (True, False), "bulk+maxnreg": (
 
 
 def median_us(fn: functools.partial) -> float:
-    return round(1e3 * triton.testing.do_bench(fn, return_mode="median"), 1)
+    return round(timing.bench(fn)["median_us"], 1)
 
 
 def main() -> None:

@@ -31,8 +31,9 @@ def test_bad_arguments_exit_2_with_one_line(argv, message, capsys) -> None:
     assert message in err and err.count("\n") == 1
 
 
-def fake_bench(fn):
+def fake_bench(fn, cuda_graph=True):
     """One real call (so every backend really runs), fixed numbers: no GPU timer here."""
+    assert not cuda_graph, "a model's latency includes its host time"
     fn()
     return {"median_us": 2000.0, "p20_us": 1900.0, "p80_us": 2100.0}
 

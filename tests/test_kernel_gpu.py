@@ -140,3 +140,58 @@ def test_scheduled_plans_under_their_register_cap(method) -> None:
     for h in (0, 11):
         ref = reference_head(q[0, h], k[0, h], v[0, h], mask)
         assert ((out[0, h].float() - ref).norm() / ref.norm()).item() < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("ordered", [False, True])
+def test_attention_replays_from_a_cuda_graph(ordered) -> None:
+    """sv.attention captures into a CUDA graph (the kit times kernels that way): split
+    rows, their combine pass and the dense rectangle's side stream replay to the eager
+    result, and timing.bench reports the graph."""
+    from sparsevit import timing
+
+    g = sv.masks.dynamicvit((32, 32), keep=0.343, seed=0)
+    plan = sv.plan(g, reorder="rcm", heads=12, head_dim=64, device="cuda", dense=True,
+                   num_warps=4, num_stages=2, max_tiles=4)
+    assert plan.items.split_qb.shape[0] and plan.dense.shape[0]
+    n = plan.n_positions if ordered else g.n_tokens
+    q, k, v = (torch.randn(1, 12, n, 64, device="cuda", dtype=torch.bfloat16)
+               for _ in range(3))
+    eager = sv.attention(q, k, v, plan, ordered=ordered)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = sv.attention(q, k, v, plan, ordered=ordered)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(captured, eager)
+    timed = timing.bench(lambda: sv.attention(q, k, v, plan, ordered=ordered), warmup_ms=1,
+                         rep_ms=5)
+    assert timed["timing"] == "cuda_graph" and timed["median_us"] > 0
+
+
+@pytest.mark.gpu
+def test_bench_times_an_uncapturable_call_call_by_call() -> None:
+    """A call that syncs the host cannot be captured: it is timed eagerly, says why, and
+    the device works on afterwards."""
+    from sparsevit import timing
+
+    x = torch.ones(1 << 20, device="cuda")
+    timed = timing.bench(lambda: (x * 2).sum().item(), warmup_ms=1, rep_ms=5)
+    assert timed["timing"] == "eager" and timed["graph_error"]
+    assert (x + 1).sum().item() == 2 * (1 << 20)
+
+
+@pytest.mark.gpu
+def test_regionvit_depthwise_conv_on_cuda_equals_cudnns() -> None:
+    """RegionViT's downsampling conv calls torch's depthwise kernel by name on CUDA; it
+    computes cuDNN's conv (bf16, channels-last input as the model hands it)."""
+    from sparsevit.models.regionvit import DepthwiseConv2d
+
+    conv = DepthwiseConv2d(96, 192, 3, stride=2, padding=1).cuda().to(torch.bfloat16)
+    x = torch.randn(2, 64, 64, 96, device="cuda", dtype=torch.bfloat16).permute(0, 3, 1, 2)
+    with torch.inference_mode():
+        ours = conv(x).float()
+        ref = torch.nn.functional.conv2d(x.float(), conv.weight.float(), conv.bias.float(),
+                                         stride=2, padding=1, groups=96)
+    assert ours.shape == (2, 192, 32, 32)
+    assert ((ours - ref).norm() / ref.norm()).item() < 1e-2

@@ -22,7 +22,7 @@ from sparsevit.models.attention import (
     tile_block_mask,
 )
 from sparsevit.models.dynamicvit import policy_mask
-from sparsevit.models.regionvit import window_slots
+from sparsevit.models.regionvit import DepthwiseConv2d, window_slots
 from sparsevit.models.vil import chunk_mask
 from sparsevit.models.vit import VisionTransformer
 
@@ -101,6 +101,19 @@ def test_generic_vit_and_state_dict_round_trip() -> None:
     with torch.inference_mode():
         torch.testing.assert_close(b(images), a(images))
     assert a.n_tokens == 1 + 4 * 6
+
+
+def test_regionvit_downsample_is_a_plain_depthwise_conv() -> None:
+    """The stage's depthwise conv is nn.Conv2d's (same weights, state_dict keys and
+    output; on CUDA it calls torch's depthwise kernel by name, tests/test_kernel_gpu.py)."""
+    torch.manual_seed(0)
+    conv = create("RegionViT-S", 64).stages[1].downsample[-1]
+    assert isinstance(conv, DepthwiseConv2d) and conv.groups == conv.in_channels == 96
+    plain = torch.nn.Conv2d(96, 192, 3, stride=2, padding=1, groups=96)
+    plain.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 8, 8, 96).permute(0, 3, 1, 2)  # channels-last, as LayerNorm2d leaves it
+    with torch.inference_mode():
+        torch.testing.assert_close(conv(x), plain(x))
 
 
 def test_native_layouts_match_the_t1_graphs() -> None:

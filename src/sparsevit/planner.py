@@ -481,13 +481,13 @@ def _scheduled_plan(sched: Any, graph: AttentionGraph, ordered: AttentionGraph,
 
 
 def _time_plan(candidate: Plan, batch: int, dtype: torch.dtype, ordered: bool) -> float:
-    """Median µs of the kernel for random inputs (triton.testing.do_bench flushes L2)."""
-    import triton.testing
-
+    """Median µs of the kernel for random inputs (``timing.bench``: L2 flushed, replayed
+    from a CUDA graph)."""
+    from sparsevit import timing
     from sparsevit.ops import attention
 
     n = candidate.n_positions if ordered else candidate.n_tokens
     q, k, v = (torch.randn(batch, candidate.heads, n, candidate.head_dim,
                            device=candidate.device, dtype=dtype) for _ in range(3))
-    return 1e3 * triton.testing.do_bench(lambda: attention(q, k, v, candidate, ordered=ordered),
-                                         warmup=10, rep=30, return_mode="median")
+    return timing.bench(lambda: attention(q, k, v, candidate, ordered=ordered), warmup_ms=10,
+                        rep_ms=30)["median_us"]

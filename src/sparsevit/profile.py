@@ -35,7 +35,9 @@ import scipy.sparse as sp
 from sparsevit import atomic
 from sparsevit.errors import SparseVitError
 
-VERSION = 2  # 2: the combine pass costs a launch, a per-wave and a per-chunk term
+# 2: the combine pass costs a launch, a per-wave and a per-chunk term; 3: timed as CUDA
+# graph replays (device time, without the host's launch path)
+VERSION = 3
 DTYPES = ("bf16", "fp16")
 KINDS = ("full", "column", "partial")
 # (units per program, tiles per unit): two of each, enough for the 5-parameter fit.
