@@ -116,6 +116,25 @@ def test_regionvit_downsample_is_a_plain_depthwise_conv() -> None:
         torch.testing.assert_close(conv(x), plain(x))
 
 
+@pytest.mark.parametrize("name", ["ViL-S", "RegionViT-S"])
+@pytest.mark.parametrize("backend", ["native", "floor"])
+def test_compiled_model_is_one_graph_once_its_stages_are_built(name, backend,
+                                                                monkeypatch) -> None:
+    """With every stage cached (one eager call), torch.compile traces the stage lookup:
+    the whole forward is one graph (the lookup was a graph break per stage, 7-13 per
+    compiled model on the H200) and gives the eager logits. (Row gathers take
+    index_select here: Dynamo cannot trace Triton's CPU interpreter.)"""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    torch.manual_seed(0)
+    model = create(name, TINY[name], attn=backend).eval()
+    images = torch.randn(1, 3, TINY[name], TINY[name])
+    with torch.inference_mode():
+        eager = model(images)
+        torch._dynamo.reset()
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=True)(images)
+    torch.testing.assert_close(compiled, eager, atol=ATOL, rtol=0)
+
+
 def test_native_layouts_match_the_t1_graphs() -> None:
     """ViL's chunk mask and RegionViT's window slots cover exactly the T1 graph."""
     for mode in ("exact", "sliding_chunk"):

@@ -300,16 +300,19 @@ class AttentionContext:
     def clear(self) -> None:
         self._cache.clear()
 
-    # Built from numpy and cached here, outside torch.compile's graph: under compile the
-    # lookup is a graph break, the returned layout and attention are traced.
-    @torch.compiler.disable
     def get(self, spec: GraphSpec, batch: int, heads: int, head_dim: int,
             device: torch.device, dtype: torch.dtype) -> StageAttention:
         key = (spec, self.backend, batch, heads, head_dim, str(device), dtype)
         stage = self._cache.get(key)
-        if stage is None:
-            stage = self._build(spec, batch, heads, head_dim, device, dtype)
-            self._cache[key] = stage
+        return self._add(key) if stage is None else stage
+
+    # Built from numpy, outside torch.compile's graph (a graph break on the first call);
+    # a cached stage is looked up inside it, so its layout and attention are traced.
+    @torch.compiler.disable
+    def _add(self, key: tuple) -> StageAttention:
+        spec, _, batch, heads, head_dim, device, dtype = key
+        stage = self._build(spec, batch, heads, head_dim, torch.device(device), dtype)
+        self._cache[key] = stage
         return stage
 
     def _build(self, spec: GraphSpec, batch: int, heads: int, head_dim: int,

@@ -50,6 +50,8 @@ def check_input(x: Tensor, img_size: tuple[int, int], width: int, tokens: int) -
             f"{need / 2**30:.1f} GiB, the {x.device.type} device has {have / 2**30:.1f} GiB")
 
 
+# A property of the machine: torch.compile takes it as a constant, not a graph break.
+@torch.compiler.assume_constant_result
 def device_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory
