@@ -6,7 +6,7 @@ before each call, median and 20th/80th percentiles over the repetitions (its def
 
 Kernel timings replay the call from a CUDA graph, so the events bracket the device's
 work rather than the host's Python launch path: on an H200, ``sv.attention`` on a
-784-token RegionViT graph spends 40-67 µs of host time on kernels of 5-17 µs, and
+784-token RegionViT graph spends 37-67 µs of host time on kernels of 5-25 µs, and
 timed call by call it measured the host (bars moving 2x between runs).
 """
 
@@ -59,7 +59,7 @@ def _graphed(fn: Callable[[], Any]) -> tuple[Callable[[], Any], dict[str, Any]]:
             fn()
     except RuntimeError as e:
         torch.cuda.synchronize()
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         return fn, {"timing": "eager", "graph_error": reason}
     return graph.replay, {"timing": "cuda_graph"}
 
