@@ -304,16 +304,16 @@ class AttentionContext:
             device: torch.device, dtype: torch.dtype) -> StageAttention:
         key = (spec, self.backend, batch, heads, head_dim, str(device), dtype)
         stage = self._cache.get(key)
-        return self._add(key) if stage is None else stage
+        if stage is None:
+            stage = self._add(key, spec, batch, heads, head_dim, device, dtype)
+        return stage
 
     # Built from numpy, outside torch.compile's graph (a graph break on the first call);
     # a cached stage is looked up inside it, so its layout and attention are traced.
     @torch.compiler.disable
-    def _add(self, key: tuple) -> StageAttention:
-        spec, _, batch, heads, head_dim, device, dtype = key
-        stage = self._build(spec, batch, heads, head_dim, torch.device(device), dtype)
-        self._cache[key] = stage
-        return stage
+    def _add(self, key: tuple, *build_args: Any) -> StageAttention:
+        self._cache[key] = self._build(*build_args)
+        return self._cache[key]
 
     def _build(self, spec: GraphSpec, batch: int, heads: int, head_dim: int,
                device: torch.device, dtype: torch.dtype) -> StageAttention:
