@@ -99,8 +99,13 @@ def test_fuzz_matches_reference(i: int) -> None:
     assert torch.equal(plan.unpermute(ordered), out)
 
 
-def test_split_rows_combine() -> None:
-    """A global row split over many items merges to the same output as unsplit."""
+@pytest.mark.parametrize("pieces_per_load", [32, 2])
+def test_split_rows_combine(pieces_per_load: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A global row split over many items merges to the same output as unsplit, its
+    pieces loaded all at once or a few at a time (merged online)."""
+    import sparsevit.ops
+
+    monkeypatch.setattr(sparsevit.ops, "COMBINE_MAX_PIECES", pieces_per_load)
     g = sv.masks.vision_longformer((12, 12), window=3, n_global=2)
     q, k, v = (torch.randn(1, 2, g.n_tokens, 32).to(DEVICE) for _ in range(3))
     outs = []
@@ -108,7 +113,7 @@ def test_split_rows_combine() -> None:
         plan = sv.plan(g, reorder="none", tile=(16, 16), heads=2, head_dim=32, device=DEVICE,
                        max_tiles=max_tiles)
         outs.append(sv.attention(q, k, v, plan))
-    assert plan.items.split_qb.shape[0] > 0
+    assert plan.items.split_qb.shape[0] > 0 and plan.items.max_pieces > 2  # > 1 load at 2
     assert rel_err(outs[1], reference(q, k, v, g.adjacency)) < FP32_TOL
     assert rel_err(outs[0], outs[1]) < FP32_TOL  # split or not: the same up to rounding
 

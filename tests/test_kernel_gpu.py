@@ -169,16 +169,30 @@ def test_attention_replays_from_a_cuda_graph(ordered) -> None:
     assert timed["timing"] == "cuda_graph" and timed["median_us"] > 0
 
 
+# A failed capture leaves torch's CUDA generator marked as capturing (torch 2.11): every
+# later random op on the device raises "Offset increment outside graph capture". So the
+# uncapturable call runs in its own process, and the tests after it are unaffected.
+UNCAPTURABLE = """
+import torch
+from sparsevit import timing
+x = torch.ones(1 << 20, device="cuda")
+timed = timing.bench(lambda: (x * 2).sum().item(), warmup_ms=1, rep_ms=5)
+assert timed["timing"] == "eager" and timed["graph_error"], timed
+assert (x + 1).sum().item() == 2 * (1 << 20)
+print("ok")
+"""
+
+
 @pytest.mark.gpu
 def test_bench_times_an_uncapturable_call_call_by_call() -> None:
     """A call that syncs the host cannot be captured: it is timed eagerly, says why, and
     the device works on afterwards."""
-    from sparsevit import timing
+    import subprocess
+    import sys
 
-    x = torch.ones(1 << 20, device="cuda")
-    timed = timing.bench(lambda: (x * 2).sum().item(), warmup_ms=1, rep_ms=5)
-    assert timed["timing"] == "eager" and timed["graph_error"]
-    assert (x + 1).sum().item() == 2 * (1 << 20)
+    done = subprocess.run([sys.executable, "-c", UNCAPTURABLE], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
 @pytest.mark.gpu

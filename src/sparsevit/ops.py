@@ -6,6 +6,7 @@ import functools
 import math
 
 import torch
+import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.functional import scaled_dot_product_attention
 from triton.tools.tensor_descriptor import TensorDescriptor
@@ -46,6 +47,18 @@ TMA_MIN_UNITS = 2048
 # DynamicViT 286.6 -> 279.0, VL 16k 131.5 -> 132.0 (s3: 131.4 -> 129.1). Larger tiles
 # spill under that cap.
 TMA_MAXNREG = 96
+
+
+# A combine program loads (pieces, rows, head_dim) fp32 partial outputs at once: 64 per
+# thread of 4 warps, no more.
+COMBINE_ELEMENTS = 8192
+COMBINE_MAX_PIECES = 32
+
+
+def combine_shape(max_pieces: int, bm: int, head_dim: int) -> tuple[int, int]:
+    """(pieces per load, rows per program) of the split-combine pass, powers of two."""
+    pieces = min(triton.next_power_of_2(max_pieces), COMBINE_MAX_PIECES)
+    return pieces, max(1, min(bm, COMBINE_ELEMENTS // (pieces * head_dim)))
 
 
 # The vendor kernels for a plan's dense rectangles, fastest first on Hopper: cuDNN ran a
@@ -188,9 +201,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan,
         )
     n_split = plan.items.split_qb.shape[0]
     if n_split:
-        split_combine[(n_split * n_bh,)](
+        pieces, rows = combine_shape(plan.items.max_pieces, tiles.bm, d)
+        split_combine[(n_split * n_bh, tiles.bm // rows)](
             out, ws, ws_rows, plan.perm, a["splits"], plan.n_positions, n, heads, n_bh,
-            *out.stride()[:3], BM=tiles.bm, HEAD_DIM=d, GATHER=gather, num_warps=4,
+            *out.stride()[:3], BM=tiles.bm, ROWS=rows, PIECES=pieces, HEAD_DIM=d,
+            GATHER=gather, num_warps=4,
         )
     if side is not None:
         with torch.cuda.stream(side):

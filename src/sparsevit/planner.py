@@ -52,6 +52,11 @@ class WorkItems:
     def n_slots(self) -> int:
         return int((self.slot >= 0).sum())
 
+    @functools.cached_property
+    def max_pieces(self) -> int:
+        """Pieces of the most split query block (0 when none is split)."""
+        return int((self.split_s1 - self.split_s0).max(initial=0))
+
 
 def order_tiles(tiles: TileSet) -> TileSet:
     """Within each query block: full, then column, then partial tiles (each by key block)."""
