@@ -5,8 +5,9 @@
 
 One panel per (model, resolution) cell of ae/attn/cells.txt: median time per backend on a
 log axis with p20-p80 whiskers, and 'best baseline / ours' (best baseline: the fastest
-non-sparsevit backend that ran and passed its check; ours: sparsevit, permute in/out
-included). Writes attn as PDF and PNG and prints every plotted number.
+non-sparsevit backend that ran and passed its check; ours: sparsevit on inputs in the
+original token order, its rows gathered in place). Writes attn as PDF and PNG and prints
+every plotted number.
 """
 
 from __future__ import annotations

@@ -316,3 +316,34 @@ def test_dense_option_checked_and_auto_keeps_small_rectangles_tiled() -> None:
         sv.plan(g, device=DEVICE, head_dim=32, dense="yes")
     # "auto" only hands over rectangles of DENSE_MIN_TOKENS rows and keys.
     assert sv.plan(g, reorder="rcm", tile=(16, 16), head_dim=32, device=DEVICE).dense.size == 0
+
+
+@pytest.mark.parametrize(("tile", "max_tiles", "reorder"),
+                         [((16, 16), None, "hilbert"), ((32, 16), 1, "none"),
+                          ((16, 32), None, "rcm")])
+def test_lead_keys_fold_global_columns(tile, max_tiles, reorder) -> None:
+    """A global token's key column (one key per tile that every row attends) becomes the
+    lead of its query blocks: outside every item's tile range, folded into the softmax's
+    start on the first item only, in both the gathered and the ordered form."""
+    g = sv.masks.vision_longformer((10, 13), window=3, n_global=1)
+    plan = sv.plan(g, reorder=reorder, tile=tile, heads=2, head_dim=32, device=DEVICE,
+                   max_tiles=max_tiles)
+    items, tiles = plan.items, plan.tiles
+    leads = sv.planner.lead_tiles(tiles)
+    assert (leads >= 0).sum() >= tiles.n_query_blocks // 2
+    first = tiles.row_ptr[:-1]
+    for qb in np.flatnonzero(leads >= 0):  # the lead key is the tile's one attended key
+        key = tiles.dense_mask()[qb * tiles.bm:(qb + 1) * tiles.bm,
+                                 tiles.col_block[first[qb]] * tiles.bn:][:, :tiles.bn]
+        assert np.flatnonzero(key.any(0)).tolist() == [leads[qb] % tiles.bn]
+        assert first[qb] not in {t for i in np.flatnonzero(items.qb == qb)
+                                 for t in range(items.t0[i], items.t1[i])}
+        assert (items.lead[items.qb == qb] >= 0).sum() == 1
+    assert int((items.t1 - items.t0).sum()) == tiles.n_tiles - int((leads >= 0).sum())
+    q, k, v = (torch.randn(1, 2, g.n_tokens, 32, generator=torch.Generator().manual_seed(s))
+               .to(DEVICE) for s in range(3))
+    ref = reference(q, k, v, g.adjacency)
+    out = sv.attention(q, k, v, plan)
+    assert rel_err(out, ref) < FP32_TOL
+    ordered = sv.attention(*(plan.permute(t) for t in (q, k, v)), plan, ordered=True)
+    assert rel_err(plan.unpermute(ordered), ref) < FP32_TOL

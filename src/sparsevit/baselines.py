@@ -355,8 +355,8 @@ REGISTRY: dict[str, Baseline] = {
                               _build_native_window),
     "native_gather": Baseline("native kept-token gather + SDPA (DynamicViT)", False, ORIGINAL,
                               _build_native_gather),
-    "sparsevit": Baseline("sparsevit (permute in/out)", False, ORIGINAL, _sparsevit(False),
-                          needs_plan=True),
+    "sparsevit": Baseline("sparsevit (original order, rows gathered)", False, ORIGINAL,
+                          _sparsevit(False), needs_plan=True),
     "sparsevit_ordered": Baseline("sparsevit (inputs pre-ordered)", False, PLAN_ORDER,
                                   _sparsevit(True), needs_plan=True),
 }

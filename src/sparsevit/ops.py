@@ -190,8 +190,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan,
         side.wait_stream(torch.cuda.current_stream(q.device))
     if grid:  # no work items when dense rectangles cover every query block
         block_sparse_attn_fwd[(grid,)](
-            qd, kd, vd, out, ws, ws_rows, plan.perm, a["items"], a["tiles"], a["bitmasks"],
-            a["prog_ptr"], a["prog_units"], plan.n_positions, n, heads, n_bh, qk_scale,
+            qd, kd, vd, k, v, out, ws, ws_rows, plan.perm, a["items"], a["tiles"],
+            a["bitmasks"], a["prog_ptr"], a["prog_units"], plan.n_positions, n, heads, n_bh,
+            qk_scale,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
             BM=tiles.bm, BN=tiles.bn, HEAD_DIM=d, NW=tiles.words_per_row, GATHER=gather,
             PERSISTENT=persistent, INLINE_PTX=q.is_cuda,

@@ -20,7 +20,7 @@ from triton.runtime.errors import OutOfResources
 
 from sparsevit import layout
 from sparsevit import reorder as reorder_mod
-from sparsevit.blocks import TileSet, dense_spans, extract_tiles, parse_tile
+from sparsevit.blocks import WORD_BITS, TileSet, dense_spans, extract_tiles, parse_tile
 from sparsevit.errors import SparseVitError
 from sparsevit.graph import AttentionGraph
 from sparsevit.kernels.block_sparse_attn import kernel_bitmasks
@@ -47,6 +47,10 @@ class WorkItems:
     split_s1: np.ndarray
     cost: np.ndarray
     tcol: np.ndarray
+    # Per item: the position of the single key its block's rows all attend in the lead
+    # tile (``lead_tiles``), which the kernel folds into the softmax's start instead of
+    # running the tile; -1 when none (and on every piece but the first of a split block).
+    lead: np.ndarray
 
     @functools.cached_property
     def n_slots(self) -> int:
@@ -58,10 +62,43 @@ class WorkItems:
         return int((self.split_s1 - self.split_s0).max(initial=0))
 
 
+def single_key_columns(tiles: TileSet) -> tuple[np.ndarray, np.ndarray]:
+    """(flag, key offset in the tile) per tile: column tiles whose rows attend exactly one
+    key of the tile (a global token's column), offset -1 elsewhere."""
+    single = np.zeros(tiles.n_tiles, bool)
+    offset = np.full(tiles.n_tiles, -1, np.int64)
+    cand = np.flatnonzero(tiles.cols)
+    if cand.size:
+        words = tiles.bitmasks[tiles.mask_id[cand], 0].astype(np.uint32).astype(np.int64)
+        one = ((words != 0).sum(1) == 1) & ((words & (words - 1)) == 0).all(1)
+        word = np.argmax(words != 0, axis=1)
+        value = words[np.arange(cand.size), word]
+        bit = np.frexp(value.astype(np.float64))[1] - 1  # exact: value is a power of two
+        single[cand[one]] = True
+        offset[cand[one]] = (word * WORD_BITS + bit)[one]
+    return single, offset
+
+
+def lead_tiles(tiles: TileSet) -> np.ndarray:
+    """Per query block: the position of the single key in its first tile when that tile is
+    a single-key column tile (``order_tiles`` puts one there), else -1."""
+    lead = np.full(tiles.n_query_blocks, -1, np.int64)
+    busy = np.flatnonzero(np.diff(tiles.row_ptr) > 0)
+    first = tiles.row_ptr[busy]
+    single, offset = single_key_columns(tiles)
+    hit = single[first]
+    lead[busy[hit]] = tiles.col_block[first[hit]] * tiles.bn + offset[first[hit]]
+    return lead
+
+
 def order_tiles(tiles: TileSet) -> TileSet:
-    """Within each query block: full, then column, then partial tiles (each by key block)."""
+    """Within each query block: one single-key column tile (its lead, if any), then full,
+    column and partial tiles (each by key block)."""
     qb_of = np.repeat(np.arange(tiles.n_query_blocks), np.diff(tiles.row_ptr))
-    kind = np.where(tiles.full, 0, np.where(tiles.cols, 1, 2))
+    single, _ = single_key_columns(tiles)
+    lead = np.zeros(tiles.n_tiles, bool)
+    lead[np.flatnonzero(single)[np.unique(qb_of[single], return_index=True)[1]]] = True
+    kind = np.where(lead, 0, np.where(tiles.full, 1, np.where(tiles.cols, 2, 3)))
     idx = np.lexsort((tiles.col_block, kind, qb_of))
     return TileSet(tiles.bm, tiles.bn, tiles.n_tokens, tiles.row_ptr, tiles.col_block[idx],
                    tiles.nnz[idx], tiles.full[idx], tiles.mask_id[idx], tiles.bitmasks,
@@ -120,7 +157,8 @@ def make_work_items(tiles: TileSet, max_tiles: int | None = None,
                     skip: np.ndarray | None = None) -> WorkItems:
     """Cut query blocks longer than ``max_tiles`` into even chunks; order longest first.
     Query blocks marked in ``skip`` (bool per block) get no item: another kernel writes
-    them (``dense_spans``).
+    them (``dense_spans``). A block's lead tile (``lead_tiles``) is in no item's range:
+    its first item starts the softmax from that single key.
 
     By default ``max_tiles`` is twice the mean tile count of non-empty query blocks
     (at least 8), so a global row's block becomes many items of ordinary length -- but
@@ -129,8 +167,11 @@ def make_work_items(tiles: TileSet, max_tiles: int | None = None,
     """
     counts = np.diff(tiles.row_ptr).astype(np.int64)
     qb_of = np.repeat(np.arange(counts.shape[0]), counts)
+    lead_key = lead_tiles(tiles)
+    has_lead = (lead_key >= 0).astype(np.int64)
     n_full = np.bincount(qb_of[tiles.full], minlength=counts.shape[0])
-    n_cols = np.bincount(qb_of[tiles.cols], minlength=counts.shape[0])
+    n_cols = np.bincount(qb_of[tiles.cols], minlength=counts.shape[0]) - has_lead
+    counts = counts - has_lead
     kept = counts if skip is None else np.where(skip, 0, counts)
     if max_tiles is None:
         busy = kept[kept > 0]
@@ -141,7 +182,7 @@ def make_work_items(tiles: TileSet, max_tiles: int | None = None,
         chunks[skip] = 0
     qb = np.repeat(np.arange(counts.shape[0]), chunks)
     part = np.arange(qb.shape[0]) - np.repeat(np.cumsum(chunks) - chunks, chunks)
-    start = tiles.row_ptr[:-1][qb].astype(np.int64)
+    start = tiles.row_ptr[:-1][qb].astype(np.int64) + has_lead[qb]
     t0 = start + (counts[qb] * part) // chunks[qb]
     t1 = start + (counts[qb] * (part + 1)) // chunks[qb]
     tmid = np.clip(start + n_full[qb], t0, t1)
@@ -152,9 +193,10 @@ def make_work_items(tiles: TileSet, max_tiles: int | None = None,
     slot[split] = np.arange(int(split.sum()))
     split_blocks = np.flatnonzero(chunks > 1)
     s1 = np.cumsum(chunks[split_blocks])
+    lead = np.where(part == 0, lead_key[qb], -1)
     order = np.argsort(-cost, kind="stable")
     return WorkItems(qb[order], t0[order], tmid[order], t1[order], slot[order], split_blocks,
-                     s1 - chunks[split_blocks], s1, cost[order], tcol[order])
+                     s1 - chunks[split_blocks], s1, cost[order], tcol[order], lead[order])
 
 
 @dataclass
@@ -247,7 +289,7 @@ def _device_arrays(tiles: TileSet, items: WorkItems, device: torch.device,
                    programs: tuple[np.ndarray, np.ndarray] | None = None,
                    ) -> dict[str, torch.Tensor]:
     """The kernel's int32 inputs, packed row-wise so a launch passes few pointers: items
-    (query block, t0, tmid, tcol, t1, slot), tiles (key block, mask id), splits (query
+    (query block, t0, tmid, tcol, t1, slot, lead key), tiles (key block, mask id), splits (query
     block, s0, s1), bitmasks and the persistent program lists."""
     def dev(*columns: np.ndarray) -> torch.Tensor:
         packed = np.stack(columns, axis=1) if len(columns) > 1 else columns[0]
@@ -256,7 +298,8 @@ def _device_arrays(tiles: TileSet, items: WorkItems, device: torch.device,
     bitmasks = kernel_bitmasks(tiles.bitmasks) if tiles.bitmasks.size else np.zeros(1, np.int32)
     prog_ptr, prog_units = programs if programs is not None else (np.zeros(1), np.zeros(1))
     return {
-        "items": dev(items.qb, items.t0, items.tmid, items.tcol, items.t1, items.slot),
+        "items": dev(items.qb, items.t0, items.tmid, items.tcol, items.t1, items.slot,
+                     items.lead),
         "tiles": dev(tiles.col_block, tiles.mask_id), "bitmasks": dev(bitmasks),
         "splits": dev(items.split_qb, items.split_s0, items.split_s1),
         "prog_ptr": dev(prog_ptr), "prog_units": dev(prog_units),

@@ -28,6 +28,9 @@ Work units: a unit is one (item, batch*head) pair; an item is a query block and 
 contiguous range of its tiles. A heavy query block (a global token's row attends to
 every key) is cut into several items that write (acc, m, l) to a workspace, and a
 second kernel merges them:  m = max_c m_c,  O = sum_c acc_c 2^(m_c-m) / sum_c l_c 2^(m_c-m).
+A query block's lead tile, a column tile whose rows all attend one key (a global token's
+column: one useful key in a BN-wide tile), is in no item's range: the block's first item
+starts its softmax from that key (``_lead_key``).
 By default a program runs one unit, launched in the plan's order (longest first, all
 heads of an item adjacent). With a schedule (T4), a fixed number of persistent programs
 each run their own list of units, so the schedule, not the hardware dispatcher, decides
@@ -164,6 +167,31 @@ def _tile_step(q, k_src, v_src, b, h, stride_kn, stride_vn, kv0, row_map, n_pos,
 
 
 @triton.jit
+def _lead_key(q, K, V, b, h, key, row_map, stride_kb, stride_kh, stride_kn, stride_vb,
+              stride_vh, stride_vn, qk_scale, GATHER: tl.constexpr):
+    """The online softmax's start (m, l, acc): after the one key every row of the block
+    attends in its lead tile (a global token's column) m = q.k * c, l = 1, acc = v; with
+    no lead key (key < 0) m = -inf, l = 0, acc = 0. Dot products on the CUDA cores once
+    per program instead of a BN-wide tile through the loop for one key. Selects, not a
+    branch: ptxas serializes every wgmma of a kernel whose accumulator has a second
+    definition (C7515), as a branch's join gives it."""
+    has = key >= 0
+    key = tl.maximum(key, 0)
+    if GATHER:
+        key = tl.load(row_map + key)
+    offs_d = tl.arange(0, q.shape[1])
+    k = tl.load(K + b.to(tl.int64) * stride_kb + h * stride_kh + key.to(tl.int64) * stride_kn
+                + offs_d, mask=has & (offs_d >= 0), other=0.0)
+    v = tl.load(V + b.to(tl.int64) * stride_vb + h * stride_vh + key.to(tl.int64) * stride_vn
+                + offs_d, mask=has & (offs_d >= 0), other=0.0)
+    s = tl.sum(q.to(tl.float32) * k.to(tl.float32)[None, :], 1) * qk_scale
+    m = tl.where(has, s, float("-inf"))
+    l_start = tl.where(has, tl.full(m.shape, 1.0, tl.float32), 0.0)
+    acc = tl.broadcast_to(v.to(tl.float32)[None, :], (q.shape[0], q.shape[1]))
+    return m, l_start, acc
+
+
+@triton.jit
 def _bitmask(bitmasks, mid, offs_m, offs_n, NW: tl.constexpr):
     """A tile's (BM, BN) mask words: score (i, c) tests word c % NW of row i. A full
     tile (mask id -1) reads as all ones."""
@@ -189,7 +217,7 @@ def _column_mask(bitmasks, mid, offs_n, BM: tl.constexpr, NW: tl.constexpr):
 
 @triton.jit
 def _attend_unit(
-    item, bh, Q, K, V, Out, WS, ws_rows, row_map, items, tiles, bitmasks,
+    item, bh, Q, K, V, K_rows, V_rows, Out, WS, ws_rows, row_map, items, tiles, bitmasks,
     n_pos, n_mem, n_heads, n_bh, qk_scale,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
@@ -200,20 +228,22 @@ def _attend_unit(
 ):
     """One work unit: the tiles [t0, t1) of one item for one (batch, head).
 
-    ``items`` rows are (query block, t0, tmid, tcol, t1, workspace slot); ``tiles`` rows
-    are (key block, mask id). ONE_LOOP runs every tile through the partial-tile path (a
-    full tile's mask reads as all ones): one software-pipelined loop instead of three
-    short ones, at the price of the mask test on full tiles -- the better trade when most
-    tiles are partial."""
+    ``items`` rows are (query block, t0, tmid, tcol, t1, workspace slot, lead key);
+    ``tiles`` rows are (key block, mask id). ``K_rows`` and ``V_rows`` are plain pointers
+    (also when K and V are tensor descriptors) for the lead key's single rows. ONE_LOOP
+    runs every tile through the partial-tile path (a full tile's mask reads as all ones):
+    one software-pipelined loop instead of three short ones, at the price of the mask
+    test on full tiles -- the better trade when most tiles are partial."""
     b = bh // n_heads
     h = bh % n_heads
-    row = items + item * 6
+    row = items + item * 7
     qb = tl.load(row)
     t0 = tl.load(row + 1)
     tmid = tl.load(row + 2)
     tcol = tl.load(row + 3)
     t1 = tl.load(row + 4)
     slot = tl.load(row + 5)
+    lead = tl.load(row + 6)
 
     offs_m = qb * BM + tl.arange(0, BM)
     offs_n = tl.arange(0, BN)
@@ -229,9 +259,8 @@ def _attend_unit(
         k_src = K + b.to(tl.int64) * stride_kb + h * stride_kh + offs_d[None, :]
         v_src = V + b.to(tl.int64) * stride_vb + h * stride_vh + offs_d[None, :]
 
-    m_i = tl.full([BM], float("-inf"), tl.float32)
-    l_i = tl.zeros([BM], tl.float32)
-    acc = tl.zeros([BM, HEAD_DIM], tl.float32)
+    m_i, l_i, acc = _lead_key(q, K_rows, V_rows, b, h, lead, row_map, stride_kb, stride_kh,
+                              stride_kn, stride_vb, stride_vh, stride_vn, qk_scale, GATHER)
 
     if ONE_LOOP:
         tmid = t0
@@ -275,8 +304,8 @@ def _attend_unit(
 
 @triton.jit
 def block_sparse_attn_fwd(
-    Q, K, V, Out, WS, ws_rows, row_map, items, tiles, bitmasks, prog_ptr, prog_units,
-    n_pos, n_mem, n_heads, n_bh, qk_scale,
+    Q, K, V, K_rows, V_rows, Out, WS, ws_rows, row_map, items, tiles, bitmasks, prog_ptr,
+    prog_units, n_pos, n_mem, n_heads, n_bh, qk_scale,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -300,8 +329,8 @@ def block_sparse_attn_fwd(
         if PERSISTENT:
             unit = tl.load(prog_units + u)
         _attend_unit(
-            unit // n_bh, unit % n_bh, Q, K, V, Out, WS, ws_rows, row_map, items, tiles,
-            bitmasks, n_pos, n_mem, n_heads, n_bh, qk_scale,
+            unit // n_bh, unit % n_bh, Q, K, V, K_rows, V_rows, Out, WS, ws_rows, row_map,
+            items, tiles, bitmasks, n_pos, n_mem, n_heads, n_bh, qk_scale,
             stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
             stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
             BM, BN, HEAD_DIM, NW, GATHER, INLINE_PTX, ONE_LOOP, TMA)
