@@ -347,34 +347,3 @@ def test_lead_keys_fold_global_columns(tile, max_tiles, reorder) -> None:
     assert rel_err(out, ref) < FP32_TOL
     ordered = sv.attention(*(plan.permute(t) for t in (q, k, v)), plan, ordered=True)
     assert rel_err(plan.unpermute(ordered), ref) < FP32_TOL
-
-
-@pytest.mark.parametrize(("tile", "max_tiles"), [((32, 16), 4), ((64, 32), 1),
-                                                 ((32, 32), 2)])
-def test_narrow_items_run_only_their_rows(tile, max_tiles) -> None:
-    """A split block whose tokens fit in NARROW rows (the global token padded into a block
-    of its own) runs those rows alone; the block's other (padding) rows come out zero in
-    the ordered form."""
-    from sparsevit.kernels.block_sparse_attn import NARROW
-
-    g = sv.masks.vision_longformer((11, 12), window=3, n_global=1)
-    plan = sv.plan(g, reorder="tiled", tile=tile, heads=2, head_dim=32, device=DEVICE,
-                   max_tiles=max_tiles, pad=True)
-    narrow = plan.items.narrow >= 0
-    assert narrow.any()
-    valid = (plan.perm < g.n_tokens).cpu().numpy()
-    for qb, row0 in zip(plan.items.qb[narrow], plan.items.narrow[narrow], strict=True):
-        rows = np.flatnonzero(valid[qb * tile[0]:(qb + 1) * tile[0]])
-        assert row0 <= rows.min() and rows.max() < row0 + NARROW.value
-    assert np.isin(plan.items.qb[narrow], plan.items.split_qb).all()
-    q, k, v = (torch.randn(1, 2, g.n_tokens, 32, generator=torch.Generator().manual_seed(s))
-               .to(DEVICE) for s in range(3))
-    ref = reference(q, k, v, g.adjacency)
-    assert rel_err(sv.attention(q, k, v, plan), ref) < FP32_TOL
-    ordered = sv.attention(*(plan.permute(t) for t in (q, k, v)), plan, ordered=True)
-    assert rel_err(plan.unpermute(ordered), ref) < FP32_TOL
-    outside = np.zeros(plan.n_positions, bool)
-    for qb, row0 in zip(plan.items.qb[narrow], plan.items.narrow[narrow], strict=True):
-        outside[qb * tile[0]:(qb + 1) * tile[0]] = True
-        outside[qb * tile[0] + row0:qb * tile[0] + row0 + NARROW.value] = False
-    assert outside.any() and (ordered[:, :, torch.as_tensor(outside)] == 0).all()

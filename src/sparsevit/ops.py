@@ -47,10 +47,6 @@ TMA_MIN_UNITS = 2048
 # DynamicViT 286.6 -> 279.0, VL 16k 131.5 -> 132.0 (s3: 131.4 -> 129.1). Larger tiles
 # spill under that cap.
 TMA_MAXNREG = 96
-# With narrow items (``planner.narrow_rows``) compiled in, the same program needs 118
-# (bulk copies) to 136 (pointers) registers, and spills under 96; 128 keeps four
-# programs per SM without spilling (ptxas, sm_90a, 64x64/w4).
-NARROW_MAXNREG = 128
 
 
 # A combine program loads (pieces, rows, head_dim) fp32 partial outputs at once: 64 per
@@ -183,10 +179,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan,
     warps = plan.config["num_warps"]
     maxnreg = (register_cap(q.device, plan.config["programs_per_sm"], warps)
                if q.is_cuda and plan.config.get("programs_per_sm") else 255)
-    narrow = plan.items.any_narrow
-    if _fits_maxnreg(tiles.bm, tiles.bn, d, warps):
-        maxnreg = min(maxnreg, NARROW_MAXNREG if narrow else
-                      TMA_MAXNREG if tma else maxnreg)
+    if tma and _fits_maxnreg(tiles.bm, tiles.bn, d, warps):
+        maxnreg = min(maxnreg, TMA_MAXNREG)
     # The dense rectangles run beside the block-sparse launch, on a side stream that
     # starts once the inputs are ready: the two write disjoint rows, and the vendor kernel
     # fills the SMs around the (short, queued first) remainder. Alone, they stay on the
@@ -196,13 +190,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan,
         side.wait_stream(torch.cuda.current_stream(q.device))
     if grid:  # no work items when dense rectangles cover every query block
         block_sparse_attn_fwd[(grid,)](
-            qd, kd, vd, q, k, v, out, ws, ws_rows, plan.perm, a["items"], a["tiles"],
+            qd, kd, vd, k, v, out, ws, ws_rows, plan.perm, a["items"], a["tiles"],
             a["bitmasks"], a["prog_ptr"], a["prog_units"], plan.n_positions, n, heads, n_bh,
             qk_scale,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
             BM=tiles.bm, BN=tiles.bn, HEAD_DIM=d, NW=tiles.words_per_row, GATHER=gather,
             PERSISTENT=persistent, INLINE_PTX=q.is_cuda,
-            ONE_LOOP=plan.config.get("one_loop", False), TMA=tma, NARROW_ITEMS=narrow,
+            ONE_LOOP=plan.config.get("one_loop", False), TMA=tma,
             num_warps=warps, num_stages=plan.config["num_stages"],
             **({"maxnreg": maxnreg} if maxnreg < 255 else {}),
         )

@@ -23,7 +23,7 @@ from sparsevit import reorder as reorder_mod
 from sparsevit.blocks import WORD_BITS, TileSet, dense_spans, extract_tiles, parse_tile
 from sparsevit.errors import SparseVitError
 from sparsevit.graph import AttentionGraph
-from sparsevit.kernels.block_sparse_attn import NARROW, kernel_bitmasks
+from sparsevit.kernels.block_sparse_attn import kernel_bitmasks
 from sparsevit.kernels.gather_rows import gather_rows
 
 # A partial tile costs its mask expansion on top of a full tile's work, a column tile
@@ -51,18 +51,10 @@ class WorkItems:
     # tile (``lead_tiles``), which the kernel folds into the softmax's start instead of
     # running the tile; -1 when none (and on every piece but the first of a split block).
     lead: np.ndarray
-    # Per item: the first of the NARROW rows that hold every real token of its query
-    # block (a global token's row beside padding), which the kernel runs alone; -1 when
-    # the block's tokens span more rows.
-    narrow: np.ndarray
 
     @functools.cached_property
     def n_slots(self) -> int:
         return int((self.slot >= 0).sum())
-
-    @functools.cached_property
-    def any_narrow(self) -> bool:
-        return bool((self.narrow >= 0).any())
 
     @functools.cached_property
     def max_pieces(self) -> int:
@@ -128,30 +120,6 @@ class Layout:
     positions: np.ndarray  # position of each token of the reordered graph
     n_positions: int
 
-    def valid_rows(self) -> np.ndarray:
-        """Bool per position: a token, not padding."""
-        valid = np.zeros(self.n_positions, bool)
-        valid[self.positions] = True
-        return valid
-
-
-def narrow_rows(tiles: TileSet, valid: np.ndarray) -> np.ndarray:
-    """Per query block: the first row of a NARROW-row window holding all its tokens
-    (``valid`` positions), or -1 when they span more rows (or the block is no wider)."""
-    out = np.full(tiles.n_query_blocks, -1, np.int64)
-    if tiles.bm <= NARROW.value:
-        return out
-    rows = np.zeros(tiles.n_query_blocks * tiles.bm, bool)
-    rows[:valid.shape[0]] = valid
-    rows = rows.reshape(-1, tiles.bm)
-    busy = rows.any(1)
-    first = np.argmax(rows, axis=1)
-    last = tiles.bm - 1 - np.argmax(rows[:, ::-1], axis=1)
-    row0 = np.minimum(first, tiles.bm - NARROW.value)
-    fits = busy & (last < row0 + NARROW.value)
-    out[fits] = row0[fits]
-    return out
-
 
 def tile_layout(graph: AttentionGraph, tile: tuple[int, int], pad: str | bool = "auto",
                 census: bool = False) -> Layout:
@@ -186,14 +154,11 @@ MAX_SPLIT = 32  # default cap on the pieces of one heavy query block
 
 
 def make_work_items(tiles: TileSet, max_tiles: int | None = None,
-                    skip: np.ndarray | None = None,
-                    valid: np.ndarray | None = None) -> WorkItems:
+                    skip: np.ndarray | None = None) -> WorkItems:
     """Cut query blocks longer than ``max_tiles`` into even chunks; order longest first.
     Query blocks marked in ``skip`` (bool per block) get no item: another kernel writes
     them (``dense_spans``). A block's lead tile (``lead_tiles``) is in no item's range:
-    its first item starts the softmax from that single key. With ``valid`` (bool per
-    position: a token), the items of a split block whose tokens fit in NARROW rows run
-    only those rows (``narrow_rows``); the launch order does not change.
+    its first item starts the softmax from that single key.
 
     By default ``max_tiles`` is twice the mean tile count of non-empty query blocks
     (at least 8), so a global row's block becomes many items of ordinary length -- but
@@ -229,14 +194,9 @@ def make_work_items(tiles: TileSet, max_tiles: int | None = None,
     split_blocks = np.flatnonzero(chunks > 1)
     s1 = np.cumsum(chunks[split_blocks])
     lead = np.where(part == 0, lead_key[qb], -1)
-    # Only split (heavy) blocks: the narrow path costs the kernel registers, so plans
-    # without one compile without it.
-    narrow = (np.full(qb.shape[0], -1, np.int64) if valid is None
-              else np.where(split, narrow_rows(tiles, valid)[qb], -1))
     order = np.argsort(-cost, kind="stable")
     return WorkItems(qb[order], t0[order], tmid[order], t1[order], slot[order], split_blocks,
-                     s1 - chunks[split_blocks], s1, cost[order], tcol[order], lead[order],
-                     narrow[order])
+                     s1 - chunks[split_blocks], s1, cost[order], tcol[order], lead[order])
 
 
 @dataclass
@@ -329,8 +289,8 @@ def _device_arrays(tiles: TileSet, items: WorkItems, device: torch.device,
                    programs: tuple[np.ndarray, np.ndarray] | None = None,
                    ) -> dict[str, torch.Tensor]:
     """The kernel's int32 inputs, packed row-wise so a launch passes few pointers: items
-    (query block, t0, tmid, tcol, t1, slot, lead key, narrow row), tiles (key block, mask
-    id), splits (query block, s0, s1), bitmasks and the persistent program lists."""
+    (query block, t0, tmid, tcol, t1, slot, lead key), tiles (key block, mask id), splits (query
+    block, s0, s1), bitmasks and the persistent program lists."""
     def dev(*columns: np.ndarray) -> torch.Tensor:
         packed = np.stack(columns, axis=1) if len(columns) > 1 else columns[0]
         return torch.as_tensor(np.ascontiguousarray(packed)).to(device=device, dtype=torch.int32)
@@ -339,7 +299,7 @@ def _device_arrays(tiles: TileSet, items: WorkItems, device: torch.device,
     prog_ptr, prog_units = programs if programs is not None else (np.zeros(1), np.zeros(1))
     return {
         "items": dev(items.qb, items.t0, items.tmid, items.tcol, items.t1, items.slot,
-                     items.lead, items.narrow),
+                     items.lead),
         "tiles": dev(tiles.col_block, tiles.mask_id), "bitmasks": dev(bitmasks),
         "splits": dev(items.split_qb, items.split_s0, items.split_s1),
         "prog_ptr": dev(prog_ptr), "prog_units": dev(prog_units),
@@ -446,8 +406,8 @@ def plan(graph: AttentionGraph, reorder: str = "hilbert", tile: str | tuple[int,
         spans = find_dense(lay.tiles, dense)
         # Tuning with dense="auto" times both; otherwise the rectangles found are used.
         variants = [spans[:0], spans] if tune and dense == "auto" and spans.size else [spans]
-        variants = [(v, make_work_items(lay.tiles, max_tiles, dense_blocks(lay.tiles, v),
-                                        lay.valid_rows())) for v in variants]
+        variants = [(v, make_work_items(lay.tiles, max_tiles, dense_blocks(lay.tiles, v)))
+                    for v in variants]
         launches = ([(num_warps or w, num_stages or s) for w, s in LAUNCH_CANDIDATES]
                     if tune else [(num_warps or (8 if bm >= 128 else 4), num_stages or 2)])
         launches = list(dict.fromkeys(launches))
@@ -547,8 +507,7 @@ def _scheduled_plan(sched: Any, graph: AttentionGraph, ordered: AttentionGraph,
         if tuple(span) not in found:
             raise SparseVitError(f"schedule's dense rectangle {span} is not one of this "
                                  "graph's: the schedule is for another graph")
-    items = make_work_items(lay.tiles, sched.max_tiles, dense_blocks(lay.tiles, vendor),
-                            lay.valid_rows())
+    items = make_work_items(lay.tiles, sched.max_tiles, dense_blocks(lay.tiles, vendor))
     n_items = int(items.qb.shape[0])
     if n_items != sched.n_items:
         raise SparseVitError(f"schedule expects {sched.n_items} work items, this graph and "

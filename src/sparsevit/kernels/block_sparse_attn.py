@@ -53,8 +53,6 @@ import triton
 import triton.language as tl
 
 LOG2E = 1.4426950408889634
-# Rows of a narrow item (``_attend_unit``): the least M of a tensor-core tile.
-NARROW = tl.constexpr(16)
 
 
 # Bit-compaction steps (shift, mask) gathering every 2nd / every 4th bit of a 64-bit word
@@ -194,10 +192,10 @@ def _lead_key(q, K, V, b, h, key, row_map, stride_kb, stride_kh, stride_kn, stri
 
 
 @triton.jit
-def _bitmask(bitmasks, mid, offs_m, offs_n, BM: tl.constexpr, NW: tl.constexpr):
-    """A tile's mask words for its rows ``offs_m`` (of BM): score (i, c) tests word c % NW
-    of row i. A full tile (mask id -1) reads as all ones."""
-    base = bitmasks + mid.to(tl.int64) * (BM * NW) + offs_m * NW
+def _bitmask(bitmasks, mid, offs_m, offs_n, NW: tl.constexpr):
+    """A tile's (BM, BN) mask words: score (i, c) tests word c % NW of row i. A full
+    tile (mask id -1) reads as all ones."""
+    base = bitmasks + mid.to(tl.int64) * (offs_m.shape[0] * NW) + offs_m * NW
     has = (mid >= 0) & (offs_m >= 0)
     words = tl.load(base, mask=has, other=-1)
     words = tl.broadcast_to(words[:, None], (offs_m.shape[0], offs_n.shape[0]))
@@ -219,62 +217,26 @@ def _column_mask(bitmasks, mid, offs_n, BM: tl.constexpr, NW: tl.constexpr):
 
 @triton.jit
 def _attend_unit(
-    item, bh, Q, K, V, Q_rows, K_rows, V_rows, Out, WS, ws_rows, row_map, items, tiles,
-    bitmasks, n_pos, n_mem, n_heads, n_bh, qk_scale,
+    item, bh, Q, K, V, K_rows, V_rows, Out, WS, ws_rows, row_map, items, tiles, bitmasks,
+    n_pos, n_mem, n_heads, n_bh, qk_scale,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on,
     BM: tl.constexpr, BN: tl.constexpr, HEAD_DIM: tl.constexpr, NW: tl.constexpr,
     GATHER: tl.constexpr, INLINE_PTX: tl.constexpr, ONE_LOOP: tl.constexpr, TMA: tl.constexpr,
-    NARROW_ITEMS: tl.constexpr,
 ):
     """One work unit: the tiles [t0, t1) of one item for one (batch, head).
 
-    ``items`` rows are (query block, t0, tmid, tcol, t1, workspace slot, lead key, narrow
-    row); ``tiles`` rows are (key block, mask id). An item whose block has all its
-    attending rows in NARROW consecutive rows from ``narrow row`` (a global token's row
-    beside padding) runs only those rows: 1/4 of a 64-row tile's softmax work for the
-    same keys (NARROW_ITEMS: the plan has such items; only then is that path compiled,
-    its registers paid). ``Q_rows``, ``K_rows`` and ``V_rows`` are plain pointers (also when Q, K
-    and V are tensor descriptors) for the narrow rows and the lead key."""
-    row = items + item * 8
-    narrow = tl.load(row + 7) if NARROW_ITEMS else -1
-    if narrow >= 0:
-        _attend_rows(
-            row, narrow, bh, Q_rows, K, V, K_rows, V_rows, Out, WS, ws_rows, row_map,
-            tiles, bitmasks, n_pos, n_mem, n_heads, n_bh, qk_scale,
-            stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
-            stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
-            BM, NARROW, BN, HEAD_DIM, NW, GATHER, INLINE_PTX, ONE_LOOP, False, TMA)
-    else:
-        _attend_rows(
-            row, 0, bh, Q, K, V, K_rows, V_rows, Out, WS, ws_rows, row_map,
-            tiles, bitmasks, n_pos, n_mem, n_heads, n_bh, qk_scale,
-            stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
-            stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
-            BM, BM, BN, HEAD_DIM, NW, GATHER, INLINE_PTX, ONE_LOOP, TMA, TMA)
-
-
-@triton.jit
-def _attend_rows(
-    row, row0, bh, Q, K, V, K_rows, V_rows, Out, WS, ws_rows, row_map, tiles, bitmasks,
-    n_pos, n_mem, n_heads, n_bh, qk_scale,
-    stride_qb, stride_qh, stride_qn,
-    stride_kb, stride_kh, stride_kn,
-    stride_vb, stride_vh, stride_vn,
-    stride_ob, stride_oh, stride_on,
-    BM: tl.constexpr, ROWS: tl.constexpr, BN: tl.constexpr, HEAD_DIM: tl.constexpr,
-    NW: tl.constexpr, GATHER: tl.constexpr, INLINE_PTX: tl.constexpr, ONE_LOOP: tl.constexpr,
-    TMA_Q: tl.constexpr, TMA: tl.constexpr,
-):
-    """The item at ``row`` on rows [row0, row0 + ROWS) of its BM-row query block; the
-    block's other rows (none attend a key) get zeros. ONE_LOOP runs every tile through the
-    partial-tile path (a full tile's mask reads as all ones): one software-pipelined loop
-    instead of three short ones, at the price of the mask test on full tiles -- the
-    better trade when most tiles are partial."""
+    ``items`` rows are (query block, t0, tmid, tcol, t1, workspace slot, lead key);
+    ``tiles`` rows are (key block, mask id). ``K_rows`` and ``V_rows`` are plain pointers
+    (also when K and V are tensor descriptors) for the lead key's single rows. ONE_LOOP
+    runs every tile through the partial-tile path (a full tile's mask reads as all ones):
+    one software-pipelined loop instead of three short ones, at the price of the mask
+    test on full tiles -- the better trade when most tiles are partial."""
     b = bh // n_heads
     h = bh % n_heads
+    row = items + item * 7
     qb = tl.load(row)
     t0 = tl.load(row + 1)
     tmid = tl.load(row + 2)
@@ -283,20 +245,17 @@ def _attend_rows(
     slot = tl.load(row + 5)
     lead = tl.load(row + 6)
 
-    in_block = row0 + tl.arange(0, ROWS)
-    offs_m = qb * BM + in_block
+    offs_m = qb * BM + tl.arange(0, BM)
     offs_n = tl.arange(0, BN)
     offs_d = tl.arange(0, HEAD_DIM)
     q_rows, row_ok = _rows(row_map, offs_m, n_pos, n_mem, GATHER)
-    if TMA_Q:
-        q = Q.load([b, h, qb * BM, 0]).reshape(ROWS, HEAD_DIM)
-    else:
-        q = tl.load(_row_ptrs(Q, b, h, q_rows, stride_qb, stride_qh, stride_qn, offs_d),
-                    mask=row_ok[:, None], other=0.0)
     if TMA:
+        q = Q.load([b, h, qb * BM, 0]).reshape(BM, HEAD_DIM)
         k_src = K
         v_src = V
     else:
+        q = tl.load(_row_ptrs(Q, b, h, q_rows, stride_qb, stride_qh, stride_qn, offs_d),
+                    mask=row_ok[:, None], other=0.0)
         k_src = K + b.to(tl.int64) * stride_kb + h * stride_kh + offs_d[None, :]
         v_src = V + b.to(tl.int64) * stride_vb + h * stride_vh + offs_d[None, :]
 
@@ -321,26 +280,12 @@ def _attend_rows(
             APPLY_MASK=True, NW=NW, INLINE_PTX=INLINE_PTX, TMA=TMA)
     # Partial tiles: scores outside the bitmask become -inf.
     for t in range(tcol, t1):
-        words = _bitmask(bitmasks, tl.load(tiles + 2 * t + 1), in_block, offs_n, BM, NW)
+        words = _bitmask(bitmasks, tl.load(tiles + 2 * t + 1), tl.arange(0, BM), offs_n, NW)
         m_i, l_i, acc = _tile_step(
             q, k_src, v_src, b, h, stride_kn, stride_vn, tl.load(tiles + 2 * t) * BN,
             row_map, n_pos, n_mem, m_i, l_i, acc, words, qk_scale, BN=BN, GATHER=GATHER,
             APPLY_MASK=True, NW=NW, INLINE_PTX=INLINE_PTX, TMA=TMA)
 
-    if ROWS < BM:  # the block's rows outside the window attend no key
-        rest = tl.arange(0, BM)
-        rest_ok = (rest < row0) | (rest >= row0 + ROWS)
-        if slot < 0:
-            r_rows, r_ok = _rows(row_map, qb * BM + rest, n_pos, n_mem, GATHER)
-            tl.store(_row_ptrs(Out, b, h, r_rows, stride_ob, stride_oh, stride_on, offs_d),
-                     tl.zeros([BM, HEAD_DIM], Out.dtype.element_ty),
-                     mask=(r_ok & rest_ok)[:, None])
-        else:
-            ws_rest = (slot.to(tl.int64) * n_bh + bh) * BM + rest
-            tl.store(WS + ws_rows * HEAD_DIM + ws_rest,
-                     tl.full([BM], float("-inf"), tl.float32), mask=rest_ok)
-            tl.store(WS + ws_rows * (HEAD_DIM + 1) + ws_rest, tl.zeros([BM], tl.float32),
-                     mask=rest_ok)
     if slot < 0:
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
         # A plain store even with TMA: a bulk store would stage the tile in 8 KB more shared
@@ -348,7 +293,7 @@ def _attend_rows(
         o_ptrs = _row_ptrs(Out, b, h, q_rows, stride_ob, stride_oh, stride_on, offs_d)
         tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
     else:  # workspace: acc (ws_rows, D), then m (ws_rows), then l (ws_rows)
-        ws = (slot.to(tl.int64) * n_bh + bh) * BM + in_block
+        ws = (slot.to(tl.int64) * n_bh + bh) * BM + tl.arange(0, BM)
         # A row that met no key here (a padding row beside a global token) keeps l = 0:
         # its acc is neither stored nor read back.
         tl.store(WS + ws[:, None] * HEAD_DIM + offs_d[None, :], acc,
@@ -359,7 +304,7 @@ def _attend_rows(
 
 @triton.jit
 def block_sparse_attn_fwd(
-    Q, K, V, Q_rows, K_rows, V_rows, Out, WS, ws_rows, row_map, items, tiles, bitmasks, prog_ptr,
+    Q, K, V, K_rows, V_rows, Out, WS, ws_rows, row_map, items, tiles, bitmasks, prog_ptr,
     prog_units, n_pos, n_mem, n_heads, n_bh, qk_scale,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
@@ -367,7 +312,7 @@ def block_sparse_attn_fwd(
     stride_ob, stride_oh, stride_on,
     BM: tl.constexpr, BN: tl.constexpr, HEAD_DIM: tl.constexpr, NW: tl.constexpr,
     GATHER: tl.constexpr, PERSISTENT: tl.constexpr, INLINE_PTX: tl.constexpr,
-    ONE_LOOP: tl.constexpr, TMA: tl.constexpr, NARROW_ITEMS: tl.constexpr,
+    ONE_LOOP: tl.constexpr, TMA: tl.constexpr,
 ):
     """Grid launch: program = (item, batch*head), all heads of an item adjacent.
     PERSISTENT: program p runs the units prog_units[prog_ptr[p]:prog_ptr[p+1]] in order,
@@ -384,11 +329,11 @@ def block_sparse_attn_fwd(
         if PERSISTENT:
             unit = tl.load(prog_units + u)
         _attend_unit(
-            unit // n_bh, unit % n_bh, Q, K, V, Q_rows, K_rows, V_rows, Out, WS, ws_rows, row_map,
+            unit // n_bh, unit % n_bh, Q, K, V, K_rows, V_rows, Out, WS, ws_rows, row_map,
             items, tiles, bitmasks, n_pos, n_mem, n_heads, n_bh, qk_scale,
             stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
             stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
-            BM, BN, HEAD_DIM, NW, GATHER, INLINE_PTX, ONE_LOOP, TMA, NARROW_ITEMS)
+            BM, BN, HEAD_DIM, NW, GATHER, INLINE_PTX, ONE_LOOP, TMA)
 
 
 @triton.jit
