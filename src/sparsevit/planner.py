@@ -20,7 +20,7 @@ from triton.runtime.errors import OutOfResources
 
 from sparsevit import layout
 from sparsevit import reorder as reorder_mod
-from sparsevit.blocks import WORD_BITS, TileSet, dense_spans, extract_tiles, parse_tile
+from sparsevit.blocks import TileSet, dense_spans, extract_tiles, parse_tile
 from sparsevit.errors import SparseVitError
 from sparsevit.graph import AttentionGraph
 from sparsevit.kernels.block_sparse_attn import kernel_bitmasks
@@ -68,14 +68,12 @@ def single_key_columns(tiles: TileSet) -> tuple[np.ndarray, np.ndarray]:
     single = np.zeros(tiles.n_tiles, bool)
     offset = np.full(tiles.n_tiles, -1, np.int64)
     cand = np.flatnonzero(tiles.cols)
-    if cand.size:
-        words = tiles.bitmasks[tiles.mask_id[cand], 0].astype(np.uint32).astype(np.int64)
-        one = ((words != 0).sum(1) == 1) & ((words & (words - 1)) == 0).all(1)
-        word = np.argmax(words != 0, axis=1)
-        value = words[np.arange(cand.size), word]
-        bit = np.frexp(value.astype(np.float64))[1] - 1  # exact: value is a power of two
-        single[cand[one]] = True
-        offset[cand[one]] = (word * WORD_BITS + bit)[one]
+    # Row 0's words as bits, column 32*w + b at index 32*w + b (little-endian words).
+    bits = np.unpackbits(np.ascontiguousarray(tiles.bitmasks[tiles.mask_id[cand], 0])
+                         .astype("<u4").view(np.uint8), axis=1, bitorder="little")
+    one = bits.sum(1) == 1
+    single[cand[one]] = True
+    offset[cand[one]] = np.argmax(bits[one], axis=1)
     return single, offset
 
 
