@@ -185,3 +185,37 @@ def test_backend_over_its_limit_is_tle(monkeypatch) -> None:
     row = bench_attn.measure_backend("sdpa_math", None, (None, None, None), None, "bf16", 1,
                                      1.0, 0.2)
     assert row["status"] == "TLE" and "0.2 s limit" in row["reason"]
+
+
+def test_flex_options_divide_the_mask_block() -> None:
+    """A kernel tile must divide the BlockMask's blocks; Flex's own (128-row) default is
+    tried only where it does."""
+    for block in (64, 128):
+        opts = baselines.flex_options(block)
+        assert (None in opts) == (block >= 128)
+        tiles = [o for o in opts if o is not None]
+        assert tiles and all(block % o["BLOCK_M"] == 0 and block % o["BLOCK_N"] == 0
+                             for o in tiles)
+
+
+def test_fastest_flex_picks_the_fastest_and_skips_failures(monkeypatch) -> None:
+    us = {None: 30.0, (64, 64, 1): 10.0, (64, 64, 2): 20.0}
+
+    def fake_bench(fn, **_):
+        fn()
+        return {"median_us": fake_bench.last}
+
+    def call(options):
+        key = None if options is None else (options["BLOCK_M"], options["BLOCK_N"],
+                                             options["num_stages"])
+        if key not in us:
+            raise RuntimeError("out of resource: shared memory\nmore")
+        fake_bench.last = us[key]
+
+    monkeypatch.setattr(timing, "bench", fake_bench)
+    options, timings = baselines.fastest_flex(call, 128)
+    assert options == {"BLOCK_M": 64, "BLOCK_N": 64, "num_stages": 1}
+    assert timings["default"] == 30.0 and timings["64x64/s2"] == 20.0
+    assert timings["128x128/s1"].startswith("failed: out of resource")
+    with pytest.raises(baselines.NotSupportedError, match="no FlexAttention"):
+        baselines.fastest_flex(lambda o: (_ for _ in ()).throw(RuntimeError("x")), 64)

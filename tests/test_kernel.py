@@ -118,6 +118,23 @@ def test_split_rows_combine(pieces_per_load: int, monkeypatch: pytest.MonkeyPatc
     assert rel_err(outs[0], outs[1]) < FP32_TOL  # split or not: the same up to rounding
 
 
+def test_output_heads_interleaved_per_token() -> None:
+    """O comes back as the (B, H, N, D) view of (B, N, H, D) memory (SDPA flash's
+    layout), so a model's head merge is a view; split rows (the combine pass) and
+    strided q, k, v views land in that layout too."""
+    g = sv.masks.vision_longformer((6, 7), window=3, n_global=1)
+    b, h, d = 2, 3, 32
+    qkv = torch.randn(b, g.n_tokens, 3, h, d).to(DEVICE)
+    q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # a model's strided views
+    plan = sv.plan(g, reorder="hilbert", tile=(16, 16), heads=h, head_dim=d, device=DEVICE,
+                   max_tiles=1)
+    assert plan.items.split_qb.shape[0] > 0
+    out = sv.attention(q, k, v, plan)
+    merged = out.transpose(1, 2).reshape(b, g.n_tokens, h * d)
+    assert merged.data_ptr() == out.data_ptr() and merged.is_contiguous()
+    assert rel_err(out, reference(q, k, v, g.adjacency)) < FP32_TOL
+
+
 def test_launch_order_longest_first() -> None:
     g = sv.masks.vision_longformer((16, 16), window=5, n_global=1)
     plan = sv.plan(g, reorder="none", tile=(16, 16), head_dim=32, device=DEVICE)

@@ -144,12 +144,62 @@ def _compiled_masked_attention() -> Callable[..., Tensor]:
     return torch.compile(masked_attention, dynamic=False)
 
 
+# Compiled variants of flex_attention one process may need: every (shape, BlockMask,
+# kernel option) compiles anew (fastest_flex tries 7 options per call shape).
+FLEX_RECOMPILES = 64
+
+
 @functools.cache
-def _compiled_flex() -> Callable[..., Tensor]:
+def compiled_flex() -> Callable[..., Tensor]:
+    """torch.compile'd flex_attention. Past dynamo's recompile limit (8 per function) a
+    new variant would silently run Flex's unfused eager path instead (seen on an H200:
+    ViL-S's later stages at 64 ms whatever the option, or out of memory): the limit is
+    raised to FLEX_RECOMPILES, and hitting it raises."""
     import torch
     from torch.nn.attention.flex_attention import flex_attention
 
+    dynamo = torch._dynamo.config
+    dynamo.recompile_limit = max(dynamo.recompile_limit, FLEX_RECOMPILES)
+    dynamo.fail_on_recompile_limit_hit = True
     return torch.compile(flex_attention, dynamic=False)
+
+
+# Flex's kernel tile and pipeline depth are tried per call: its default choice can be far
+# off on block-sparse masks (ViL-S's first stage at 2048 px, 262,145 tokens, d = 32, on an
+# H200: 75.3 ms by default, 16.9 ms with 64x64 tiles and one stage; its last stage failed
+# to compile by default, out of shared memory). A kernel tile must divide the mask block.
+FLEX_TILES = ((64, 64), (128, 64), (128, 128))
+FLEX_STAGES = (1, 2)
+
+
+def flex_options(block: int) -> list[dict[str, int] | None]:
+    """Candidate ``kernel_options`` for a BlockMask of ``block``-square blocks: Flex's own
+    choice (None) where its 128-row default tile fits, then tiles x stages."""
+    tiles = [{"BLOCK_M": m, "BLOCK_N": n, "num_stages": st} for m, n in FLEX_TILES
+             if block % m == 0 and block % n == 0 for st in FLEX_STAGES]
+    return ([None] if block >= 128 else []) + tiles
+
+
+def fastest_flex(call: Callable[[Any], Tensor], block: int) -> tuple[Any, dict[str, Any]]:
+    """(options, timings): the fastest of ``flex_options(block)`` for ``call(options)``
+    (compiled and timed in turn, briefly); an option that fails is logged with its error."""
+    from sparsevit import timing
+
+    best, timings = None, {}
+    for options in flex_options(block):
+        key = "default" if options is None else "{BLOCK_M}x{BLOCK_N}/s{num_stages}".format(
+            **options)
+        try:
+            us = timing.bench(lambda o=options: call(o), warmup_ms=5, rep_ms=20)["median_us"]
+        except Exception as err:  # Inductor raises many kinds: skip the option
+            timings[key] = f"failed: {str(err).splitlines()[0][:120]}"
+            continue
+        timings[key] = round(us, 2)
+        if best is None or us < timings[best[0]]:
+            best = (key, options)
+    if best is None:
+        raise NotSupportedError(f"no FlexAttention kernel option compiled: {timings}")
+    return best[1], timings
 
 
 # ---------------------------------------------------------------------------- builders
@@ -214,13 +264,12 @@ def _flex(block: int, order: str) -> Callable[..., Runnable]:
                                      BLOCK_SIZE=block, _compile=True)
 
         block_mask = setup()
-        flex = _compiled_flex()
-        # Flex's default kernel tile on Hopper is 128 rows: a 64-block mask needs a kernel
-        # tile that divides it. 128-block masks keep Flex's own tuned choice.
-        options = {"BLOCK_M": block, "BLOCK_N": block} if block < 128 else None
+        flex = compiled_flex()
+        options, timings = fastest_flex(
+            lambda o: flex(q, k, v, block_mask=block_mask, kernel_options=o), block)
         # Fraction of blocks Flex computes, comparable with TileSet.stats()["tiles_frac"].
         info = {"flex_blocks_frac": 1.0 - float(block_mask.sparsity()) / 100.0,
-                "flex_kernel_options": options}
+                "flex_kernel_options": options, "flex_option_us": timings}
         return Runnable(lambda: flex(q, k, v, block_mask=block_mask, kernel_options=options),
                         setup, info)
 

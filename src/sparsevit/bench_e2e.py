@@ -228,7 +228,8 @@ def measure(model: Any, images: Any, backend: str, args: argparse.Namespace) -> 
 
 
 def _stage_info(model: Any) -> list[dict[str, Any]]:
-    """Per cached attention graph of the current backend: tokens and sparsevit's plan."""
+    """Per cached attention graph of the current backend: tokens, sparsevit's plan and
+    Flex's kernel options (with every tried option's µs)."""
     out = []
     for stage in model.attn_ctx._cache.values():
         if stage.backend != model.attn_ctx.backend:
@@ -240,6 +241,8 @@ def _stage_info(model: Any) -> list[dict[str, Any]]:
             entry.update({k: plan[k] for k in ("tile", "tiles", "full", "partial", "fill",
                                                "positions", "num_warps", "num_stages")
                           if k in plan})
+        entry.update({k: stage.info[k] for k in ("flex_kernel_options", "flex_option_us")
+                      if k in stage.info})
         out.append(entry)
     return out
 

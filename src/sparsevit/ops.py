@@ -36,17 +36,19 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, ordere
         raise SparseVitError(f"inputs are on {q.device}, plan on {plan.device}")
 
 
-# Bulk copies pay off on launches of many work units; on small ones the three descriptors'
-# host cost and setup outweigh them. scripts/kernel_variants.py on an H200 (bf16, d=64,
-# 64x64/w4/s2, copies forced on): VL 4k (840 units) 44.1 µs pointers, 55.7 bulk copies;
-# VL 16k (3,216 units) 142.3 -> 131.5.
-TMA_MIN_UNITS = 2048
-# With bulk copies, a 4-warp program whose score and accumulator tiles are at most 64x64
-# fits in 96 registers without spilling (ptxas, sm_90a): five programs per SM instead of
-# four. Same run, bulk copies without -> with the cap: RegionViT 16k 45.2 -> 43.6 µs,
-# DynamicViT 286.6 -> 279.0, VL 16k 131.5 -> 132.0 (s3: 131.4 -> 129.1). Larger tiles
-# spill under that cap.
+# Bulk copies pay off on launches of a few hundred work units and more; on tiny ones the
+# three descriptors' host cost outweighs them. scripts/kernel_variants.py on an H200 (bf16,
+# d=64, 64x64/w4/s2): VL 4k (816 units) 41.4 µs pointers, 39.7 bulk copies; VL 16k (3,228
+# units) 126.7 -> 117.6; RegionViT 16k 49.0 -> 47.9.
+TMA_MIN_UNITS = 512
+# Capped at 96 registers, a 4-warp bulk-copy program with at most 64x64 score and
+# accumulator tiles runs five programs per SM instead of four, but ptxas then waits on
+# every wgmma (and spills a few registers at 64x64, 2-3 stages; seen in its SASS). That
+# pays on launches of several waves (same run, bulk copies without -> with the cap: VL
+# 16k 117.6 -> 115.8 µs, RegionViT 16k 47.9 -> 45.3, DynamicViT 270.8 -> 269.3), not on
+# VL 4k's 1.5 waves (39.7 -> 41.0).
 TMA_MAXNREG = 96
+TMA_MAXNREG_MIN_UNITS = 2048
 
 
 # A combine program loads (pieces, rows, head_dim) fp32 partial outputs at once: 64 per
@@ -147,11 +149,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan,
     and the kernel gathers rows through the plan's permutation (no extra memory pass);
     with ``ordered=True`` they are already in plan order (see ``Plan.permute``), as a
     model that reorders tokens once keeps them. Rows that attend to nothing give zeros.
+    The result is the (B, H, N, D) view of a (B, N, H, D) tensor (heads interleaved per
+    token, like SDPA's flash output).
     """
     _check(q, k, v, plan, ordered)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     bsz, heads, n, d = q.shape
-    out = torch.empty_like(q)
+    # O in (B, N, H, D) memory, returned as its (B, H, N, D) view, as SDPA's flash and
+    # cuDNN kernels return it: a model's head merge, out.transpose(1, 2).reshape(B, N, C),
+    # is then a view instead of a copy of every layer's output.
+    out = torch.empty(bsz, n, heads, d, device=q.device, dtype=q.dtype).transpose(1, 2)
     a = plan.arrays
     tiles = plan.tiles
     n_bh = bsz * heads
@@ -179,7 +186,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan,
     warps = plan.config["num_warps"]
     maxnreg = (register_cap(q.device, plan.config["programs_per_sm"], warps)
                if q.is_cuda and plan.config.get("programs_per_sm") else 255)
-    if tma and _fits_maxnreg(tiles.bm, tiles.bn, d, warps):
+    if tma and n_units >= TMA_MAXNREG_MIN_UNITS and _fits_maxnreg(tiles.bm, tiles.bn, d, warps):
         maxnreg = min(maxnreg, TMA_MAXNREG)
     # The dense rectangles run beside the block-sparse launch, on a side stream that
     # starts once the inputs are ready: the two write disjoint rows, and the vendor kernel

@@ -345,7 +345,7 @@ def plan(graph: AttentionGraph, reorder: str = "hilbert", tile: str | tuple[int,
          max_tiles: int | None = None, num_warps: int | None = None,
          num_stages: int | None = None, batch: int = 1,
          dtype: torch.dtype = torch.bfloat16, schedule: Any = None, profile: Any = None,
-         pad: str | bool = "auto", ordered: bool = False,
+         pad: str | bool = "auto", ordered: bool | None = False,
          dense: str | bool = "auto") -> Plan:
     """Build the reusable execution plan of ``graph`` for the block-sparse kernel.
 
@@ -354,8 +354,10 @@ def plan(graph: AttentionGraph, reorder: str = "hilbert", tile: str | tuple[int,
     stages left as None are chosen by timing LAUNCH_CANDIDATES on random (batch, heads,
     N, head_dim) inputs of ``dtype``, in the form the plan will be called with: original
     token order, or plan order with ``ordered=True`` (as ``sv.attention(..., ordered=True)``
-    gets them; that form moves tiles by bulk copies, so its best config can differ). The
-    timings and the choice land in ``plan.config``.
+    gets them; that form moves tiles by bulk copies, so its best config can differ), or
+    with ``ordered=None`` plan order where the layout has no padding and original order
+    where it has (a model that keeps the unpadded plan order and gathers padded plans'
+    rows calls them so). The timings and the choice land in ``plan.config``.
 
     ``schedule`` (T4) replaces that choice: one of SCHEDULE_METHODS (solved now by
     ``sparsevit.schedule.solve`` from ``profile``, a T3 profile or a path to one, or the
@@ -409,6 +411,7 @@ def plan(graph: AttentionGraph, reorder: str = "hilbert", tile: str | tuple[int,
         launches = ([(num_warps or w, num_stages or s) for w, s in LAUNCH_CANDIDATES]
                     if tune else [(num_warps or (8 if bm >= 128 else 4), num_stages or 2)])
         launches = list(dict.fromkeys(launches))
+        form = lay.n_positions == graph.n_tokens if ordered is None else ordered
         fits = False
         for warps, stages in launches:  # grows by one single-stage try if nothing fits
             for vendor, items in variants:
@@ -418,13 +421,13 @@ def plan(graph: AttentionGraph, reorder: str = "hilbert", tile: str | tuple[int,
                     {"tile": f"{bm}x{bn}", "num_warps": warps, "num_stages": stages,
                      "one_loop": one_loop(lay.tiles), "padded": lay.n_positions != graph.n_tokens,
                      "dense": vendor.tolist(),
-                     **({"tuned_ordered": ordered} if tune else {}),
+                     **({"tuned_ordered": form} if tune else {}),
                      **({"reorder_tiles": reorder_tiles} if reorder_tiles else {})},
                     dense=vendor)
                 if not tune:
                     return candidate
                 try:
-                    us = _time_plan(candidate, batch, dtype, ordered)
+                    us = _time_plan(candidate, batch, dtype, form)
                 except OutOfResources:  # e.g. fp32 128-wide tiles at head_dim 128: skip it
                     timings[key] = "out of resources"
                     if not fits and (warps, stages) == launches[-1] and stages > 1:

@@ -35,7 +35,7 @@ from torch.nn import functional
 
 from sparsevit import masks
 from sparsevit import reorder as reorder_mod
-from sparsevit.baselines import NotSupportedError
+from sparsevit.baselines import NotSupportedError, compiled_flex, fastest_flex
 from sparsevit.errors import SparseVitError
 from sparsevit.graph import AttentionGraph
 from sparsevit.kernels.gather_rows import gather_rows
@@ -162,14 +162,7 @@ def flex_for(device: torch.device) -> Callable[..., Tensor]:
     """Compiled FlexAttention on CUDA; on the CPU (tests) Flex's eager reference path."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    return _compiled_flex() if device.type == "cuda" else flex_attention
-
-
-@functools.cache
-def _compiled_flex() -> Callable[..., Tensor]:
-    from torch.nn.attention.flex_attention import flex_attention
-
-    return torch.compile(flex_attention, dynamic=False)
+    return compiled_flex() if device.type == "cuda" else flex_attention
 
 
 def tile_block_mask(graph: AttentionGraph, device: torch.device, block: int = FLEX_BLOCK):
@@ -215,11 +208,21 @@ def tile_block_mask(graph: AttentionGraph, device: torch.device, block: int = FL
                                     seq_lengths=(graph.n_tokens, graph.n_tokens))
 
 
-def flex_attend(block_mask: Any, device: torch.device) -> Attend:
+def flex_attend(block_mask: Any, device: torch.device, info: dict[str, Any]) -> Attend:
+    """Flex with ``block_mask``; on CUDA its kernel options are the fastest of
+    ``baselines.flex_options`` for the first call's shapes (recorded in ``info``)."""
     flex = flex_for(device)
+    chosen: dict[str, Any] = {}
 
     def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        return flex(q, k, v, block_mask=block_mask)
+        if "options" not in chosen:
+            chosen["options"] = None
+            if q.is_cuda and block_mask is not None:
+                chosen["options"], info["flex_option_us"] = fastest_flex(
+                    lambda o: flex(q, k, v, block_mask=block_mask, kernel_options=o),
+                    block_mask.BLOCK_SIZE[0])
+                info["flex_kernel_options"] = chosen["options"]
+        return flex(q, k, v, block_mask=block_mask, kernel_options=chosen["options"])
 
     return attend
 
@@ -236,14 +239,15 @@ def planned_attention(q: Tensor, k: Tensor, v: Tensor, plan_id: int) -> Tensor:
 
     plan, ordered = _PLANS[plan_id]
     # The kernel reads strided q, k, v views (any row stride) directly: copying them cost
-    # ~1.1 ms per ViL-S 2048 px forward (profile in ae/e2e/README.md). The output must be
-    # contiguous like the fake one (a no-op unless the inputs were densely permuted).
-    return attention(q, k, v, plan, ordered=ordered).contiguous()
+    # ~1.1 ms per ViL-S 2048 px forward (profile in ae/e2e/README.md). Its output is the
+    # (B, H, N, D) view of (B, N, H, D) memory, which the fake output below matches.
+    return attention(q, k, v, plan, ordered=ordered)
 
 
 @planned_attention.register_fake
 def _(q: Tensor, k: Tensor, v: Tensor, plan_id: int) -> Tensor:
-    return q.new_empty(q.shape)
+    b, h, n, d = q.shape
+    return q.new_empty(b, n, h, d).transpose(1, 2)
 
 
 def register_plan(plan: Any, ordered: bool) -> int:
@@ -333,15 +337,16 @@ class AttentionContext:
                 raise NotSupportedError(f"no native path for {spec.kind} graphs")
             return native(spec, device)
         if backend == "flex" and spec.is_dense:  # no BlockMask: Flex runs every block
-            return StageAttention(spec, backend, n, flex_attend(None, device))
+            return StageAttention(spec, backend, n, flex_attend(None, device, {}))
         method = self.plan_options.reorder or reorder_for(spec)
         perm, ordered = ordered_graph(spec, method)
         perm_t = torch.as_tensor(perm, device=device)
         layout = ({} if method == "none" else
                   {"gather": perm_t, "scatter": torch.argsort(perm_t)})
         if backend == "flex":
-            attend = flex_attend(tile_block_mask(ordered, device), device)
-            return StageAttention(spec, backend, n, attend, **layout, info={"reorder": method})
+            info = {"reorder": method}
+            attend = flex_attend(tile_block_mask(ordered, device), device, info)
+            return StageAttention(spec, backend, n, attend, **layout, info=info)
         return self._sparsevit(spec, ordered, batch, heads, head_dim, device, dtype, layout)
 
     def _sparsevit(self, spec: GraphSpec, ordered: AttentionGraph, batch: int, heads: int,
@@ -355,12 +360,12 @@ class AttentionContext:
 
         opts = self.plan_options
         t0 = time.perf_counter()
-        # Tuned on plan-ordered inputs: the form the model calls unless a padded plan's
-        # rows are gathered (then the config is still valid, tuned on the other form).
+        # Tuned on the form this stage calls: plan order, or original order where a padded
+        # plan's rows are gathered (that form's best config differs: no bulk copies).
         plan = sv.plan(ordered, reorder="none", tile=opts.tile, heads=heads,
                        head_dim=head_dim, device=device, batch=batch, pad=opts.pad,
                        dtype=dtype if dtype in (torch.float16, torch.bfloat16)
-                       else torch.bfloat16, ordered=True)
+                       else torch.bfloat16, ordered=None if opts.padding == "gather" else True)
         self.plan_seconds += time.perf_counter() - t0
         padded = plan.n_positions != plan.n_tokens
         if padded and opts.padding == "carry":
