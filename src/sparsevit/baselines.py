@@ -185,7 +185,8 @@ def fastest_flex(call: Callable[[Any], Tensor], block: int) -> tuple[Any, dict[s
     (compiled and timed in turn, briefly); an option that fails is logged with its error."""
     from sparsevit import timing
 
-    best, timings = None, {}
+    timings: dict[str, Any] = {}
+    best_us, best = float("inf"), None
     for options in flex_options(block):
         key = "default" if options is None else "{BLOCK_M}x{BLOCK_N}/s{num_stages}".format(
             **options)
@@ -195,11 +196,11 @@ def fastest_flex(call: Callable[[Any], Tensor], block: int) -> tuple[Any, dict[s
             timings[key] = f"failed: {str(err).splitlines()[0][:120]}"
             continue
         timings[key] = round(us, 2)
-        if best is None or us < timings[best[0]]:
-            best = (key, options)
-    if best is None:
+        if us < best_us:
+            best_us, best = us, options
+    if best_us == float("inf"):
         raise NotSupportedError(f"no FlexAttention kernel option compiled: {timings}")
-    return best[1], timings
+    return best, timings
 
 
 # ---------------------------------------------------------------------------- builders
