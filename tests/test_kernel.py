@@ -99,23 +99,25 @@ def test_fuzz_matches_reference(i: int) -> None:
     assert torch.equal(plan.unpermute(ordered), out)
 
 
-@pytest.mark.parametrize("pieces_per_load", [32, 2])
-def test_split_rows_combine(pieces_per_load: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A global row split over many items merges to the same output as unsplit, its
-    pieces loaded all at once or a few at a time (merged online)."""
-    import sparsevit.ops
-
-    monkeypatch.setattr(sparsevit.ops, "COMBINE_MAX_PIECES", pieces_per_load)
+def test_split_rows_merge_in_the_last_piece() -> None:
+    """A global row split over many items merges to the same output as unsplit (the last
+    piece to finish merges the others), call after call and for another batch size: the
+    arrival counters are back at zero after every launch."""
     g = sv.masks.vision_longformer((12, 12), window=3, n_global=2)
-    q, k, v = (torch.randn(1, 2, g.n_tokens, 32).to(DEVICE) for _ in range(3))
-    outs = []
-    for max_tiles in (None, 1):
-        plan = sv.plan(g, reorder="none", tile=(16, 16), heads=2, head_dim=32, device=DEVICE,
-                       max_tiles=max_tiles)
-        outs.append(sv.attention(q, k, v, plan))
-    assert plan.items.split_qb.shape[0] > 0 and plan.items.max_pieces > 2  # > 1 load at 2
-    assert rel_err(outs[1], reference(q, k, v, g.adjacency)) < FP32_TOL
-    assert rel_err(outs[0], outs[1]) < FP32_TOL  # split or not: the same up to rounding
+    q, k, v = (torch.randn(2, 2, g.n_tokens, 32).to(DEVICE) for _ in range(3))
+    plans = [sv.plan(g, reorder="none", tile=(16, 16), heads=2, head_dim=32, device=DEVICE,
+                     max_tiles=max_tiles) for max_tiles in (None, 1)]
+    split = plans[1]
+    assert split.items.split_qb.shape[0] > 1 and split.items.max_pieces > 2
+    ref = reference(q, k, v, g.adjacency)
+    for _ in range(2):
+        outs = [sv.attention(q, k, v, p) for p in plans]
+        assert rel_err(outs[1], ref) < FP32_TOL
+        assert rel_err(outs[0], outs[1]) < FP32_TOL  # split or not: the same up to rounding
+    one = sv.attention(q[:1], k[:1], v[:1], split)
+    assert rel_err(one, ref[:1]) < FP32_TOL
+    assert len(split.tickets) == 2  # one set of counters per batch*heads
+    assert all(int(t.abs().sum()) == 0 for t in split.tickets.values())
 
 
 def test_output_heads_interleaved_per_token() -> None:

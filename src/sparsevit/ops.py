@@ -6,13 +6,12 @@ import functools
 import math
 
 import torch
-import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.functional import scaled_dot_product_attention
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from sparsevit.errors import SparseVitError
-from sparsevit.kernels.block_sparse_attn import LOG2E, block_sparse_attn_fwd, split_combine
+from sparsevit.kernels.block_sparse_attn import LOG2E, block_sparse_attn_fwd
 from sparsevit.kernels.gather_rows import gather_rows, scatter_rows
 from sparsevit.planner import Plan
 from sparsevit.profile import register_budget
@@ -49,18 +48,6 @@ TMA_MIN_UNITS = 512
 # VL 4k's 1.5 waves (39.7 -> 41.0).
 TMA_MAXNREG = 96
 TMA_MAXNREG_MIN_UNITS = 2048
-
-
-# A combine program loads (pieces, rows, head_dim) fp32 partial outputs at once: 64 per
-# thread of 4 warps, no more.
-COMBINE_ELEMENTS = 8192
-COMBINE_MAX_PIECES = 32
-
-
-def combine_shape(max_pieces: int, bm: int, head_dim: int) -> tuple[int, int]:
-    """(pieces per load, rows per program) of the split-combine pass, powers of two."""
-    pieces = min(triton.next_power_of_2(max_pieces), COMBINE_MAX_PIECES)
-    return pieces, max(1, min(bm, COMBINE_ELEMENTS // (pieces * head_dim)))
 
 
 # The vendor kernels for a plan's dense rectangles, fastest first on Hopper: cuDNN ran a
@@ -106,6 +93,23 @@ def _dense_rectangles(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: to
             scatter_rows(out, rows, _vendor_attention(
                 gather_rows(q, rows, 2), gather_rows(k, keys, 2), gather_rows(v, keys, 2),
                 scale), 2)
+
+
+def _tickets(plan: Plan, n_bh: int, device: torch.device) -> torch.Tensor:
+    """The split blocks' arrival counters for ``n_bh`` batch*heads on the current stream:
+    zeroed once and kept by the plan (the kernel's last piece resets its counter), so a
+    call launches no memset. Calls on one stream run one after another; another stream
+    gets its own counters. Counters made during CUDA-graph capture are not kept: their
+    zeroing runs only when the graph replays."""
+    stream = torch.cuda.current_stream(device).stream_id if device.type == "cuda" else 0
+    key = (n_bh, stream)
+    counters = plan.tickets.get(key)
+    if counters is None:
+        counters = torch.zeros(max(1, plan.items.split_qb.shape[0] * n_bh), device=device,
+                               dtype=torch.int32)
+        if device.type != "cuda" or not torch.cuda.is_current_stream_capturing():
+            plan.tickets[key] = counters
+    return counters
 
 
 @functools.cache
@@ -198,22 +202,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan,
     if grid:  # no work items when dense rectangles cover every query block
         block_sparse_attn_fwd[(grid,)](
             qd, kd, vd, k, v, out, ws, ws_rows, plan.perm, a["items"], a["tiles"],
-            a["bitmasks"], a["prog_ptr"], a["prog_units"], plan.n_positions, n, heads, n_bh,
+            a["bitmasks"], a["splits"], _tickets(plan, n_bh, q.device), a["prog_ptr"],
+            a["prog_units"], plan.n_positions, n, heads, n_bh,
             qk_scale,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
             BM=tiles.bm, BN=tiles.bn, HEAD_DIM=d, NW=tiles.words_per_row, GATHER=gather,
             PERSISTENT=persistent, INLINE_PTX=q.is_cuda,
             ONE_LOOP=plan.config.get("one_loop", False), TMA=tma,
+            SPLITS=bool(plan.items.split_qb.shape[0]),
             num_warps=warps, num_stages=plan.config["num_stages"],
             **({"maxnreg": maxnreg} if maxnreg < 255 else {}),
-        )
-    n_split = plan.items.split_qb.shape[0]
-    if n_split:
-        pieces, rows = combine_shape(plan.items.max_pieces, tiles.bm, d)
-        split_combine[(n_split * n_bh, tiles.bm // rows)](
-            out, ws, ws_rows, plan.perm, a["splits"], plan.n_positions, n, heads, n_bh,
-            *out.stride()[:3], BM=tiles.bm, ROWS=rows, PIECES=pieces, HEAD_DIM=d,
-            GATHER=gather, num_warps=4,
         )
     if side is not None:
         with torch.cuda.stream(side):

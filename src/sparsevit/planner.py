@@ -51,6 +51,7 @@ class WorkItems:
     # tile (``lead_tiles``), which the kernel folds into the softmax's start instead of
     # running the tile; -1 when none (and on every piece but the first of a split block).
     lead: np.ndarray
+    split: np.ndarray  # per item: its split query block's index in split_qb, -1 if unsplit
 
     @functools.cached_property
     def n_slots(self) -> int:
@@ -192,9 +193,11 @@ def make_work_items(tiles: TileSet, max_tiles: int | None = None,
     split_blocks = np.flatnonzero(chunks > 1)
     s1 = np.cumsum(chunks[split_blocks])
     lead = np.where(part == 0, lead_key[qb], -1)
+    block_of = np.where(split, np.searchsorted(split_blocks, qb), -1)
     order = np.argsort(-cost, kind="stable")
     return WorkItems(qb[order], t0[order], tmid[order], t1[order], slot[order], split_blocks,
-                     s1 - chunks[split_blocks], s1, cost[order], tcol[order], lead[order])
+                     s1 - chunks[split_blocks], s1, cost[order], tcol[order], lead[order],
+                     block_of[order])
 
 
 @dataclass
@@ -220,6 +223,8 @@ class Plan:
     # Dense rectangles run by the vendor kernel instead: rows [r0, r1), keys [c0, c1) in
     # positions, one row each; their query blocks have no work items.
     dense: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))
+    # Per (batch*heads, stream): the split blocks' arrival counters (``ops.attention``).
+    tickets: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def n_tokens(self) -> int:
@@ -287,8 +292,8 @@ def _device_arrays(tiles: TileSet, items: WorkItems, device: torch.device,
                    programs: tuple[np.ndarray, np.ndarray] | None = None,
                    ) -> dict[str, torch.Tensor]:
     """The kernel's int32 inputs, packed row-wise so a launch passes few pointers: items
-    (query block, t0, tmid, tcol, t1, slot, lead key), tiles (key block, mask id), splits (query
-    block, s0, s1), bitmasks and the persistent program lists."""
+    (query block, t0, tmid, tcol, t1, slot, lead key, split block), tiles (key block, mask
+    id), splits (query block, s0, s1), bitmasks and the persistent program lists."""
     def dev(*columns: np.ndarray) -> torch.Tensor:
         packed = np.stack(columns, axis=1) if len(columns) > 1 else columns[0]
         return torch.as_tensor(np.ascontiguousarray(packed)).to(device=device, dtype=torch.int32)
@@ -297,7 +302,7 @@ def _device_arrays(tiles: TileSet, items: WorkItems, device: torch.device,
     prog_ptr, prog_units = programs if programs is not None else (np.zeros(1), np.zeros(1))
     return {
         "items": dev(items.qb, items.t0, items.tmid, items.tcol, items.t1, items.slot,
-                     items.lead),
+                     items.lead, items.split),
         "tiles": dev(tiles.col_block, tiles.mask_id), "bitmasks": dev(bitmasks),
         "splits": dev(items.split_qb, items.split_s0, items.split_s1),
         "prog_ptr": dev(prog_ptr), "prog_units": dev(prog_units),

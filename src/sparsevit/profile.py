@@ -8,8 +8,8 @@ program, P = n_SM * r programs. A least-squares fit of
 
     time = launch_us + m * (unit_us + k * tile_us[kind])
 
-gives the per-unit and per-tile costs the scheduler uses. Also measured: the split-
-combine pass, dense SDPA (flash, cuDNN), and the path a plan's dense rectangles take
+gives the per-unit and per-tile costs the scheduler uses. Also measured: merging split
+rows, dense SDPA (flash, cuDNN), and the path a plan's dense rectangles take
 (``sv.attention`` on all-dense graphs: gathers, side stream, vendor kernel), which the
 scheduler prices dense rectangles with.
 
@@ -453,9 +453,9 @@ class _Runner:
                 "shared_bytes": int(kernel.metadata.shared)}
 
     def combine(self, cfg: dict[str, Any]) -> dict[str, Any]:
-        """Split-combine cost at tile height bm: measured time minus the fitted main pass,
-        for query blocks of 8 full tiles cut into 2 and 4 chunks (one wave of combine
-        programs) and into 4 chunks at 8x the batch*heads (several waves)."""
+        """Cost of merging split rows at tile height bm: measured time minus the fitted
+        main pass, for query blocks of 8 full tiles cut into 2 and 4 chunks (one wave of
+        split blocks) and into 4 chunks at 8x the batch*heads (several waves)."""
         from sparsevit.schedule.model import Costs
 
         fit = cfg["fits"][0]

@@ -26,8 +26,13 @@ to LLVM, the boolean tile is packed into bit-vectors and unpacked again, ~2.5x t
 
 Work units: a unit is one (item, batch*head) pair; an item is a query block and a
 contiguous range of its tiles. A heavy query block (a global token's row attends to
-every key) is cut into several items that write (acc, m, l) to a workspace, and a
-second kernel merges them:  m = max_c m_c,  O = sum_c acc_c 2^(m_c-m) / sum_c l_c 2^(m_c-m).
+every key) is cut into several items (pieces) that write (acc, m, l) to a workspace;
+the piece that finishes last merges them:  m = max_c m_c,
+O = sum_c acc_c 2^(m_c-m) / sum_c l_c 2^(m_c-m). Each piece takes a ticket from its
+block's counter after its workspace stores (a CTA barrier, then one acquire-release
+atomic: the split-K semaphore pattern); the one holding the last ticket reads the
+others' pieces from L2 and resets the counter for the next call. No piece waits, so
+any launch order or schedule is deadlock-free, and no second kernel is launched.
 A query block's lead tile, a column tile whose rows all attend one key (a global token's
 column: one useful key in a BN-wide tile), is in no item's range: the block's first item
 starts its softmax from that key (``_lead_key``).
@@ -107,14 +112,6 @@ def _rows(row_map, rows, n_pos, n_mem, GATHER: tl.constexpr):
     else:
         mem_rows = rows.to(tl.int64)
     return mem_rows, mem_rows < n_mem
-
-
-@triton.jit
-def _program_ids(n_bh, n_heads):
-    """(work unit, batch*head, batch, head) of this program: all heads of a unit adjacent."""
-    pid = tl.program_id(0)
-    bh = pid % n_bh
-    return pid // n_bh, bh, bh // n_heads, bh % n_heads
 
 
 @triton.jit
@@ -216,27 +213,65 @@ def _column_mask(bitmasks, mid, offs_n, BM: tl.constexpr, NW: tl.constexpr):
 
 
 @triton.jit
+def _store_out(Out, acc, l_i, b, h, q_rows, row_ok, stride_ob, stride_oh, stride_on, offs_d):
+    """O = acc / l for the block's rows (0 where l == 0: a row with no keys). A plain
+    store even with TMA: a bulk store would stage the tile in 8 KB more shared memory,
+    one program fewer per SM."""
+    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    o_ptrs = _row_ptrs(Out, b, h, q_rows, stride_ob, stride_oh, stride_on, offs_d)
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
+def _merge_pieces(WS, ws_rows, s0, s1, bh, n_bh, BM: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """(acc, l) of a split query block from its pieces' (acc, m, l) in workspace slots
+    [s0, s1), merged online like tiles. Loads bypass L1 (.cg): other SMs wrote them."""
+    rows = tl.arange(0, BM)
+    offs_d = tl.arange(0, HEAD_DIM)
+    m = tl.full([BM], float("-inf"), tl.float32)
+    l_sum = tl.zeros([BM], tl.float32)
+    acc = tl.zeros([BM, HEAD_DIM], tl.float32)
+    for c in tl.range(s0, s1, num_stages=1):  # no shared-memory pipeline buffers
+        ws = (c * n_bh + bh).to(tl.int64) * BM + rows
+        m_c = tl.load(WS + ws_rows * HEAD_DIM + ws, cache_modifier=".cg")
+        l_c = tl.load(WS + ws_rows * (HEAD_DIM + 1) + ws, cache_modifier=".cg")
+        acc_c = tl.load(WS + ws[:, None] * HEAD_DIM + offs_d[None, :],
+                        mask=(l_c > 0.0)[:, None], other=0.0, cache_modifier=".cg")
+        m_new = tl.maximum(m, m_c)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.math.exp2(m - m_safe)
+        beta = tl.math.exp2(m_c - m_safe)
+        l_sum = l_sum * alpha + l_c * beta
+        acc = acc * alpha[:, None] + acc_c * beta[:, None]
+        m = m_new
+    return acc, l_sum
+
+
+@triton.jit
 def _attend_unit(
     item, bh, Q, K, V, K_rows, V_rows, Out, WS, ws_rows, row_map, items, tiles, bitmasks,
-    n_pos, n_mem, n_heads, n_bh, qk_scale,
+    splits, tickets, n_pos, n_mem, n_heads, n_bh, qk_scale,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on,
     BM: tl.constexpr, BN: tl.constexpr, HEAD_DIM: tl.constexpr, NW: tl.constexpr,
     GATHER: tl.constexpr, INLINE_PTX: tl.constexpr, ONE_LOOP: tl.constexpr, TMA: tl.constexpr,
+    SPLITS: tl.constexpr,
 ):
     """One work unit: the tiles [t0, t1) of one item for one (batch, head).
 
-    ``items`` rows are (query block, t0, tmid, tcol, t1, workspace slot, lead key);
-    ``tiles`` rows are (key block, mask id). ``K_rows`` and ``V_rows`` are plain pointers
+    ``items`` rows are (query block, t0, tmid, tcol, t1, workspace slot, lead key, split
+    block); ``tiles`` rows are (key block, mask id); ``splits`` rows (query block, first
+    slot, end slot); ``tickets`` one arrival counter per (split block, batch*head), zero
+    between launches. ``K_rows`` and ``V_rows`` are plain pointers
     (also when K and V are tensor descriptors) for the lead key's single rows. ONE_LOOP
     runs every tile through the partial-tile path (a full tile's mask reads as all ones):
     one software-pipelined loop instead of three short ones, at the price of the mask
     test on full tiles -- the better trade when most tiles are partial."""
     b = bh // n_heads
     h = bh % n_heads
-    row = items + item * 7
+    row = items + item * 8
     qb = tl.load(row)
     t0 = tl.load(row + 1)
     tmid = tl.load(row + 2)
@@ -286,33 +321,43 @@ def _attend_unit(
             row_map, n_pos, n_mem, m_i, l_i, acc, words, qk_scale, BN=BN, GATHER=GATHER,
             APPLY_MASK=True, NW=NW, INLINE_PTX=INLINE_PTX, TMA=TMA)
 
-    if slot < 0:
-        out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-        # A plain store even with TMA: a bulk store would stage the tile in 8 KB more shared
-        # memory, one program fewer per SM.
-        o_ptrs = _row_ptrs(Out, b, h, q_rows, stride_ob, stride_oh, stride_on, offs_d)
-        tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
-    else:  # workspace: acc (ws_rows, D), then m (ws_rows), then l (ws_rows)
-        ws = (slot.to(tl.int64) * n_bh + bh) * BM + tl.arange(0, BM)
-        # A row that met no key here (a padding row beside a global token) keeps l = 0:
-        # its acc is neither stored nor read back.
-        tl.store(WS + ws[:, None] * HEAD_DIM + offs_d[None, :], acc,
-                 mask=(l_i > 0.0)[:, None])
-        tl.store(WS + ws_rows * HEAD_DIM + ws, m_i)
-        tl.store(WS + ws_rows * (HEAD_DIM + 1) + ws, l_i)
+    if SPLITS:  # the plan has split blocks (else the merge code is not compiled in)
+        if slot < 0:
+            _store_out(Out, acc, l_i, b, h, q_rows, row_ok, stride_ob, stride_oh, stride_on,
+                       offs_d)
+        else:  # workspace: acc (ws_rows, D), then m (ws_rows), then l (ws_rows)
+            ws = (slot.to(tl.int64) * n_bh + bh) * BM + tl.arange(0, BM)
+            # A row that met no key here (a padding row beside a global token) keeps l = 0:
+            # its acc is neither stored nor read back.
+            tl.store(WS + ws[:, None] * HEAD_DIM + offs_d[None, :], acc,
+                     mask=(l_i > 0.0)[:, None])
+            tl.store(WS + ws_rows * HEAD_DIM + ws, m_i)
+            tl.store(WS + ws_rows * (HEAD_DIM + 1) + ws, l_i)
+            split = tl.load(row + 7)
+            s0 = tl.load(splits + 3 * split + 1)
+            s1 = tl.load(splits + 3 * split + 2)
+            counter = tickets + split * n_bh + bh
+            tl.debug_barrier()  # every warp's stores issued before the release below
+            if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == s1 - s0 - 1:
+                tl.store(counter, 0)  # nobody else touches it again in this launch
+                acc, l_i = _merge_pieces(WS, ws_rows, s0, s1, bh, n_bh, BM, HEAD_DIM)
+                _store_out(Out, acc, l_i, b, h, q_rows, row_ok, stride_ob, stride_oh,
+                           stride_on, offs_d)
+    else:
+        _store_out(Out, acc, l_i, b, h, q_rows, row_ok, stride_ob, stride_oh, stride_on, offs_d)
 
 
 @triton.jit
 def block_sparse_attn_fwd(
-    Q, K, V, K_rows, V_rows, Out, WS, ws_rows, row_map, items, tiles, bitmasks, prog_ptr,
-    prog_units, n_pos, n_mem, n_heads, n_bh, qk_scale,
+    Q, K, V, K_rows, V_rows, Out, WS, ws_rows, row_map, items, tiles, bitmasks, splits,
+    tickets, prog_ptr, prog_units, n_pos, n_mem, n_heads, n_bh, qk_scale,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on,
     BM: tl.constexpr, BN: tl.constexpr, HEAD_DIM: tl.constexpr, NW: tl.constexpr,
     GATHER: tl.constexpr, PERSISTENT: tl.constexpr, INLINE_PTX: tl.constexpr,
-    ONE_LOOP: tl.constexpr, TMA: tl.constexpr,
+    ONE_LOOP: tl.constexpr, TMA: tl.constexpr, SPLITS: tl.constexpr,
 ):
     """Grid launch: program = (item, batch*head), all heads of an item adjacent.
     PERSISTENT: program p runs the units prog_units[prog_ptr[p]:prog_ptr[p+1]] in order,
@@ -330,51 +375,7 @@ def block_sparse_attn_fwd(
             unit = tl.load(prog_units + u)
         _attend_unit(
             unit // n_bh, unit % n_bh, Q, K, V, K_rows, V_rows, Out, WS, ws_rows, row_map,
-            items, tiles, bitmasks, n_pos, n_mem, n_heads, n_bh, qk_scale,
+            items, tiles, bitmasks, splits, tickets, n_pos, n_mem, n_heads, n_bh, qk_scale,
             stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
             stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
-            BM, BN, HEAD_DIM, NW, GATHER, INLINE_PTX, ONE_LOOP, TMA)
-
-
-@triton.jit
-def split_combine(
-    Out, WS, ws_rows, row_map, splits, n_pos, n_mem, n_heads, n_bh,
-    stride_ob, stride_oh, stride_on, BM: tl.constexpr, ROWS: tl.constexpr,
-    PIECES: tl.constexpr, HEAD_DIM: tl.constexpr, GATHER: tl.constexpr,
-):
-    """Merge the partial (acc, m, l) of a heavy query block's items into O; ``splits``
-    rows are (query block, first slot, end slot). Program (j * n_bh + bh, c) merges rows
-    [c * ROWS, (c + 1) * ROWS) of split block j, PIECES pieces per load: a loop over
-    single pieces waits one load latency per piece (13.4 µs to merge Vision Longformer
-    16k's 32 pieces on an H200). Pieces of more than one chunk merge online, like tiles."""
-    j, bh, b, h = _program_ids(n_bh, n_heads)
-    qb = tl.load(splits + 3 * j)
-    s0 = tl.load(splits + 3 * j + 1)
-    s1 = tl.load(splits + 3 * j + 2)
-    rows = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
-    offs_d = tl.arange(0, HEAD_DIM)
-    ws_m = WS + ws_rows * HEAD_DIM
-    ws_l = ws_m + ws_rows
-    m = tl.full([ROWS], float("-inf"), tl.float32)
-    l_sum = tl.zeros([ROWS], tl.float32)
-    acc = tl.zeros([ROWS, HEAD_DIM], tl.float32)
-    for c0 in range(s0, s1, PIECES):
-        slots = c0 + tl.arange(0, PIECES)
-        ws = (slots[:, None].to(tl.int64) * n_bh + bh) * BM + rows[None, :]  # (PIECES, ROWS)
-        live = (slots < s1)[:, None]
-        m_c = tl.load(ws_m + ws, mask=live, other=float("-inf"))
-        l_c = tl.load(ws_l + ws, mask=live, other=0.0)
-        acc_c = tl.load(WS + ws[:, :, None] * HEAD_DIM + offs_d[None, None, :],
-                        mask=(live & (l_c > 0.0))[:, :, None], other=0.0)
-        m_new = tl.maximum(m, tl.max(m_c, 0))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.math.exp2(m - m_safe)
-        scale = tl.math.exp2(m_c - m_safe[None, :])
-        l_sum = l_sum * alpha + tl.sum(l_c * scale, 0)
-        acc = acc * alpha[:, None] + tl.sum(acc_c * scale[:, :, None], 0)
-        m = m_new
-    out = acc / tl.where(l_sum == 0.0, 1.0, l_sum)[:, None]
-    offs_m = qb * BM + rows
-    o_rows, o_ok = _rows(row_map, offs_m, n_pos, n_mem, GATHER)
-    o_ptrs = _row_ptrs(Out, b, h, o_rows, stride_ob, stride_oh, stride_on, offs_d)
-    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=o_ok[:, None])
+            BM, BN, HEAD_DIM, NW, GATHER, INLINE_PTX, ONE_LOOP, TMA, SPLITS)

@@ -8,7 +8,7 @@ SM, the profile (``sparsevit.profile``) predicts a unit's latency as
 
 and a schedule of P = n_SM * r persistent programs finishes at
 
-    makespan = launch_us + max_p sum_{u in p} lat(u) + combine_us   (split rows' merge pass)
+    makespan = launch_us + max_p sum_{u in p} lat(u) + combine_us   (merging split rows)
 
 * ``lpt``: longest processing time first onto the least loaded program (greedy);
 * ``arcflow``: the exact assignment as a compact integer program. Units with the same
@@ -73,8 +73,8 @@ class Costs:
                 + self.partial_us * (items.t1 - items.tcol))
 
     def combine_us(self, items: WorkItems, n_bh: int, n_sm: int) -> float:
-        """The split-combine pass: its launch plus, per wave of programs, a fixed cost and
-        its chunks."""
+        """Merging split rows (each split block's last piece merges its pieces), fitted as
+        a fixed cost plus, per wave of split blocks, a fixed cost and its chunks."""
         n_split = int(items.split_qb.shape[0])
         if not n_split:
             return 0.0
