@@ -101,6 +101,33 @@ def test_general_factors_with_several_bicliques_and_a_remainder():
                           (dense | rest)[20:, 20:])
 
 
+def test_row_signatures_of_factors_equal_those_of_the_csr():
+    """Bicliques whose rows also hold remainder entries, rows in two bicliques, rows
+    that equal other rows only through different parts, and empty rows."""
+    rng = np.random.default_rng(11)
+    n = 120
+    parts = (Biclique(np.arange(0, 60, 2), np.arange(70, 80)),
+             Biclique(np.arange(10, 40), np.arange(100, 104)),
+             Biclique(np.array([90, 91]), np.arange(0, 50)))
+    dense = np.zeros((n, n), bool)
+    for b in parts:
+        dense[np.ix_(b.rows, b.cols)] = True
+    rest = (rng.random((n, n)) < 0.03) & ~dense
+    rest[85:95] = False
+    rest[92, :50] = True  # row 92 equals rows 90, 91 through the remainder alone
+    rest[1] = rest[0]
+    rest[1, 70:80] = True  # row 1 equals row 0, whose columns 70..79 are its biclique's
+    fact = FactoredAdjacency(n, parts, sp.csr_matrix(rest))
+    graph.make_graph(fact, "check")  # the parts are disjoint
+    sig = graph.row_signatures(fact)
+    np.testing.assert_array_equal(sig, graph.row_signatures(fact.tocsr()))
+    assert sig[90] == sig[91] == sig[92] and sig[0] == sig[1]
+    assert (sig[85:90] == 0).all() and len(set(sig[:85].tolist())) > 70
+    g = masks.dynamicvit((24, 20), keep=0.343, seed=3)
+    np.testing.assert_array_equal(graph.row_signatures(g.matrix),
+                                  graph.row_signatures(g.adjacency))
+
+
 @pytest.mark.parametrize("method", sorted(reorder.METHODS))
 def test_reorders_of_a_factored_graph_match_the_csr_graph(method):
     """hc, ic and the geometric orders give the same permutation as on the CSR; rcm runs

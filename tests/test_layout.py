@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 import sparsevit as sv
-from sparsevit import layout
+from sparsevit import layout, planner
 from sparsevit import reorder as reorder_mod
 
 
@@ -59,3 +59,101 @@ def test_small_groups_pack_without_padding() -> None:
     g = sv.masks.from_matrix(eye)
     positions, n_pos = layout.pad_positions(g, (64, 64))
     assert n_pos == 40 and positions.tolist() == list(range(40))
+
+
+# ------------------------------------------------------------- identical rows
+
+def rows_of(csr: sp.csr_matrix) -> list[tuple[int, ...]]:
+    return [tuple(sorted(set(csr.indices[csr.indptr[i]:csr.indptr[i + 1]].tolist())))
+            for i in range(csr.shape[0])]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_row_signatures_equal_iff_rows_equal(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n, n_cols = int(rng.integers(1, 30)), int(rng.integers(1, 12))
+    dense = rng.random((n, n_cols)) < rng.uniform(0.0, 0.5)
+    dense = dense[rng.integers(0, n, n)]  # repeated rows, so equal pairs are common
+    csr = sp.csr_matrix(dense)
+    sig = sv.graph.row_signatures(csr)
+    assert sig.dtype == np.uint64 and sig.shape == (n,)
+    rows = rows_of(csr)
+    for i in range(n):
+        assert (sig[i] == 0) == (rows[i] == ())
+        for j in range(n):
+            assert (sig[i] == sig[j]) == (rows[i] == rows[j]), (i, j)
+
+
+def test_row_signatures_are_exact_sums_modulo_2_64() -> None:
+    n = 50
+    weights = sv.graph.row_signatures(sp.identity(n, dtype=bool, format="csr"))
+    assert weights.max() >= 2**62  # full 64-bit weights: sums do wrap around
+    rng = np.random.default_rng(3)
+    dense = rng.random((n, n)) < 0.4
+    sig = sv.graph.row_signatures(sp.csr_matrix(dense))
+    for i in range(n):  # Python integers: no float rounding, explicit wrap-around
+        assert int(sig[i]) == sum(int(w) for w in weights[dense[i]]) % 2**64
+    # The same relation stored unsorted with duplicate entries gets the same signatures.
+    coo = sp.csr_matrix(dense).tocoo()
+    messy = sp.csr_matrix((np.ones(2 * coo.nnz), (np.r_[coo.row, coo.row][::-1],
+                                                   np.r_[coo.col, coo.col][::-1])),
+                          shape=(n, n))
+    np.testing.assert_array_equal(sv.graph.row_signatures(messy), sig)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 64])
+def test_row_signatures_in_passes(monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    rng = np.random.default_rng(chunk)
+    dense = rng.random((40, 40)) < 0.2
+    dense[5] = dense[6] = False  # empty rows between passes
+    dense[7] = True  # a row longer than a pass
+    csr = sp.csr_matrix(dense)
+    whole = sv.graph.row_signatures(csr)
+    monkeypatch.setattr(sv.graph, "_SUM_CHUNK", chunk)
+    np.testing.assert_array_equal(sv.graph.row_signatures(csr), whole)
+
+
+def test_identical_runs() -> None:
+    dense = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 0], [0, 0, 0], [1, 0, 0]], bool)
+    runs = layout.identical_runs(sp.csr_matrix(dense))
+    assert runs.tolist() == [0, 2, 3, 5, 6]
+
+
+def test_long_run_inside_a_closed_group_keeps_the_group_aligned() -> None:
+    # 3 singletons, a closed group of 80 tokens (3..82) whose rows 13..52 are one clique
+    # (identical rows, linked to the rest of the group through rows 12 and 53), 20
+    # singletons. Tile 32: the group's edges and the run's edges start tiles.
+    n = 103
+    dense = np.eye(n, dtype=bool)
+    for i in range(3, 83):
+        if not 13 <= i < 53:
+            dense[i, [i - 1 if i > 3 else i, i + 1 if i < 82 else i]] = True
+    dense[13:53, 13:53] = True
+    g = sv.masks.from_matrix(sp.csr_matrix(dense))
+    assert layout.closed_groups(g.adjacency).tolist() == [0, 1, 2, 3, *range(83, n + 1)]
+    positions, n_pos = layout.pad_positions(g, (32, 32))
+    expected = np.r_[0:3, 32:42, 64:104, 128:158, 160:180]
+    assert positions.tolist() == expected.tolist() and n_pos == 180
+
+
+@pytest.mark.parametrize("grid, n_global", [((56, 56), 1), ((49, 63), 0), ((84, 77), 2)])
+def test_grouped_sliding_chunks_start_on_tiles_and_need_fewer_tiles(grid, n_global) -> None:
+    # Grids are multiples of the chunk: on others the 1-6 token wide border chunks are
+    # short runs, and on small grids they can make padding cost tiles (planner's "auto").
+    g = sv.masks.vision_longformer(grid, mode="sliding_chunk", chunk=7, n_global=n_global)
+    ordered = reorder_mod.apply(g, reorder_mod.grouped(g))
+    tile = (64, 64)
+    positions, n_pos = layout.pad_positions(ordered, tile)
+    assert (np.diff(positions) > 0).all() and n_pos >= ordered.n_tokens
+    chunk = (ordered.yx[:, 0] // 7) * 1000 + ordered.yx[:, 1] // 7
+    chunk[:n_global] = -1
+    starts = np.r_[n_global, np.flatnonzero(np.diff(chunk[n_global:])) + n_global + 1]
+    sizes = np.diff(np.r_[starts, ordered.n_tokens])
+    long = sizes >= 32
+    assert long.any() and (positions[starts[long]] % 64 == 0).all()
+    after = np.r_[positions, n_pos][starts[long] + sizes[long]]  # what follows each run
+    assert (after % 64 == 0).all()
+    padded = planner.tile_layout(ordered, tile, True).tiles
+    plain = planner.tile_layout(ordered, tile, False).tiles
+    assert padded.n_tiles < plain.n_tiles
+    assert padded.cols.sum() >= 0.9 * padded.n_tiles  # uniform query blocks: column tiles

@@ -14,7 +14,8 @@ from sparsevit.blocks import extract_tiles
 from sparsevit.errors import SparseVitError
 from sparsevit.graph import CLS, GLOBAL, LOCAL, REGIONAL, make_graph
 
-METHODS = ["none", "rcm", "hc", "ic", "hilbert", "morton", "tiled"]
+METHODS = ["none", "rcm", "hc", "ic", "hilbert", "morton", "tiled", "grouped"]
+GEOMETRY = ["hilbert", "morton", "tiled", "grouped"]
 REORDERING = [m for m in METHODS if m != "none"]
 
 
@@ -71,7 +72,7 @@ def test_unknown_method_raises():
         sv.reorder.get("x")
 
 
-@pytest.mark.parametrize("method", ["hilbert", "morton", "tiled"])
+@pytest.mark.parametrize("method", GEOMETRY)
 def test_geometry_needs_grid_for_bare_matrix(method):
     adj = sv.masks.local_window((6, 7), window=3).adjacency
     with pytest.raises(SparseVitError, match="grid"):
@@ -177,7 +178,7 @@ def test_bare_matrix_input(method):
     rng = np.random.default_rng(0)
     adj = sp.random(60, 60, density=0.1, random_state=rng, format="csr")
     adj = sp.vstack([adj[:5], sp.csr_matrix((1, 60)), adj[6:]]).tocsr()  # an empty row
-    kwargs = {"grid": (6, 10)} if method in ("hilbert", "morton", "tiled") else {}
+    kwargs = {"grid": (6, 10)} if method in GEOMETRY else {}
     perm = sv.reorder.get(method)(adj, **kwargs)
     np.testing.assert_array_equal(np.sort(perm), np.arange(60))
 
@@ -208,7 +209,7 @@ def test_morton_and_tiled_orders():
 @settings(max_examples=25, deadline=None)
 def test_geometry_orders_any_grid(h, w, n_global):
     g = sv.masks.vision_longformer((h, w), window=3, n_global=n_global)
-    for method in ("hilbert", "morton", "tiled"):
+    for method in GEOMETRY:
         perm = sv.reorder.get(method)(g)
         np.testing.assert_array_equal(np.sort(perm), np.arange(g.n_tokens))
         np.testing.assert_array_equal(perm[:n_global], np.arange(n_global))
@@ -221,6 +222,58 @@ def test_fill_of_local_orders_on_vision_longformer(method):
     out = sv.reorder.apply(g, sv.reorder.get(method)(g))
     fill = extract_tiles(out.adjacency, (64, 64)).stats()["fill"]
     assert raster < 0.12 and fill >= 0.30
+
+
+def test_grouped_is_hilbert_without_identical_rows():
+    g = sv.masks.vision_longformer((40, 36))  # exact 15x15 window: every row differs
+    assert np.unique(sv.graph.row_signatures(g.matrix)).size == g.n_tokens
+    np.testing.assert_array_equal(sv.reorder.grouped(g), sv.reorder.hilbert(g))
+
+
+@pytest.mark.parametrize("grid, n_global", [((30, 33), 1), ((21, 28), 0), ((16, 16), 2)])
+def test_grouped_makes_sliding_chunks_contiguous(grid, n_global):
+    g = sv.masks.vision_longformer(grid, mode="sliding_chunk", chunk=7, n_global=n_global)
+    perm = sv.reorder.grouped(g)
+    np.testing.assert_array_equal(np.sort(perm), np.arange(g.n_tokens))
+    check_placement(g, perm)
+    local = perm[n_global:]
+    assert (g.kind[local] == LOCAL).all()
+    chunk = (g.yx[local, 0] // 7) * 100 + g.yx[local, 1] // 7
+    # One contiguous run per chunk, members in Hilbert order, chunks where their first
+    # token stands in Hilbert order.
+    assert np.count_nonzero(np.diff(chunk)) + 1 == np.unique(chunk).size
+    hilbert = sv.reorder.hilbert(g)[n_global:]
+    rank = np.empty(g.n_tokens, np.int64)
+    rank[hilbert] = np.arange(hilbert.size)
+    for c in np.unique(chunk):
+        members = rank[local[chunk == c]]
+        assert (np.diff(members) > 0).all()
+    in_order = chunk[np.r_[0, np.flatnonzero(np.diff(chunk)) + 1]]
+    firsts = [rank[local[chunk == c]].min() for c in in_order]
+    assert (np.diff(firsts) > 0).all()
+    # Hilbert alone splits chunks: the grouping is doing the work.
+    h_chunk = (g.yx[hilbert, 0] // 7) * 100 + g.yx[hilbert, 1] // 7
+    assert np.count_nonzero(np.diff(h_chunk)) + 1 > np.unique(h_chunk).size
+
+
+def test_grouped_compares_whole_rows_including_special_columns():
+    # Tokens 1 and 16 (far apart on the 4x4 curve) have the same row and end up side by
+    # side; once only one of them attends the global token their rows differ.
+    dense = np.zeros((1 + 16, 1 + 16), bool)
+    dense[0, :] = True
+    dense[1:, 0] = True
+    dense[1:, 1:] = np.eye(16, dtype=bool)
+    dense[[1, 16], 5] = True
+    dense[[1, 16], 1] = dense[[1, 16], 16] = True
+    kind = np.r_[GLOBAL, np.zeros(16, int)]
+    yx = np.r_[[[-1, -1]], np.stack(np.divmod(np.arange(16), 4), axis=1)]
+    together = sv.reorder.grouped(make_graph(sp.csr_matrix(dense), "g", (4, 4), kind, yx))
+    pos = np.argsort(together)
+    assert abs(pos[1] - pos[16]) == 1
+    dense[16, 0] = False
+    apart = sv.reorder.grouped(make_graph(sp.csr_matrix(dense), "g", (4, 4), kind, yx))
+    pos = np.argsort(apart)
+    assert abs(pos[1] - pos[16]) > 1
 
 
 # ---------------------------------------------------------------------- clustering

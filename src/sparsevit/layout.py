@@ -6,6 +6,13 @@ special tokens (Vision Longformer's global token). Where such a group straddles 
 boundary every one of its tiles is partial; padding it to a multiple of the tile makes
 its tiles full or column tiles (see ``blocks``) and often halves their number.
 
+Runs of consecutive identical rows (the same key set: Vision Longformer's sliding chunks
+after ``reorder.grouped``) are padded the same way although they are not closed. A run
+padded to a tile boundary owns its query blocks, so each query block is uniform and all
+its tiles are column tiles (every row holds the same bits); the same padding aligns the
+key side, so each key tile is one run (a chunk's keys plus empty padding columns), which
+a query block attends entirely or not at all.
+
 ``pad_positions`` gives each (reordered) token its position in a longer sequence whose
 extra positions are padding: empty rows and columns. The kernel never loads or stores
 a padding row when it gathers through the plan's permutation, so padding costs no
@@ -17,7 +24,15 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from sparsevit.graph import CLS, GLOBAL, Adjacency, AttentionGraph, FactoredAdjacency, move_csr
+from sparsevit.graph import (
+    CLS,
+    GLOBAL,
+    Adjacency,
+    AttentionGraph,
+    FactoredAdjacency,
+    move_csr,
+    row_signatures,
+)
 
 
 def row_reach(adjacency: Adjacency) -> tuple[np.ndarray, np.ndarray]:
@@ -55,13 +70,26 @@ def closed_groups(adjacency: Adjacency) -> np.ndarray:
     return np.concatenate([[0], ends]).astype(np.int64)
 
 
+def identical_runs(adjacency: Adjacency) -> np.ndarray:
+    """Start offsets of the maximal runs of consecutive rows that attend the same columns
+    (by ``graph.row_signatures``), plus the end offset."""
+    signatures = row_signatures(adjacency)
+    if signatures.shape[0] == 0:
+        return np.zeros(1, np.int64)
+    starts = np.flatnonzero(signatures[1:] != signatures[:-1]) + 1
+    return np.concatenate([[0], starts, [signatures.shape[0]]]).astype(np.int64)
+
+
 def pad_positions(graph: AttentionGraph, tile: tuple[int, int]) -> tuple[np.ndarray, int]:
     """(position of each token, number of positions) for tiles of ``tile``.
 
     The leading run of global / cls tokens becomes a block of its own (a whole tile in
-    both directions); every closed group of the rest that is at least half a tile long
-    starts and ends on a multiple of the smaller tile side; smaller groups are packed
-    without padding.
+    both directions). In the rest, every closed group (``closed_groups``) and every run
+    of identical rows (``identical_runs``) that is at least half a tile long starts and
+    ends on a multiple of the smaller tile side; the tokens between such edges pack
+    without padding. A long run inside a long closed group thus splits it into pieces
+    that each start and end on a boundary (the group's own edges stay aligned); rows
+    are compared on the rest's columns only, as the lead's key tiles are apart anyway.
     """
     unit = min(tile)
     n = graph.n_tokens
@@ -70,22 +98,24 @@ def pad_positions(graph: AttentionGraph, tile: tuple[int, int]) -> tuple[np.ndar
     m = graph.matrix
     rest = (m.window(np.arange(n_lead, n)) if isinstance(m, FactoredAdjacency)
             else m[n_lead:, n_lead:].tocsr())
-    bounds = np.concatenate([[0], n_lead + closed_groups(rest)]) if n_lead else \
-        closed_groups(rest)
-    starts, lengths = bounds[:-1], np.diff(bounds)
-    aligned = lengths >= unit // 2
-    # Aligned groups start on a boundary and fill it up; the others pack tightly.
-    units = np.where(aligned, unit, 1)
+    # Padding goes in at the edges of long groups and long runs: the cursor is rounded up
+    # there, and the tokens in between sit next to each other.
+    ends = []
+    for bounds in (closed_groups(rest), identical_runs(rest)):
+        long = np.diff(bounds) >= unit // 2
+        ends += [bounds[:-1][long], bounds[1:][long]]
+    edges = n_lead + np.unique(np.concatenate(ends))
+    steps = np.full(edges.shape[0], unit)
     if n_lead:
-        units[0] = max(tile)
-    positions = np.empty(n, np.int64)
-    cursor = 0
-    for start, length, step in zip(starts.tolist(), lengths.tolist(), units.tolist(),
-                                    strict=True):
-        cursor = -(-cursor // step) * step
-        positions[start:start + length] = cursor + np.arange(length)
-        cursor = -(-(cursor + length) // step) * step
-    return positions, int(cursor)
+        edges, steps = np.concatenate([[n_lead], edges]), np.concatenate([[max(tile)], steps])
+    shifts = np.empty(edges.shape[0] + 1, np.int64)  # padding before each stretch
+    shifts[0] = shift = 0
+    for i, (edge, step) in enumerate(zip(edges.tolist(), steps.tolist(), strict=True)):
+        shift = -(-(edge + shift) // step) * step - edge  # token ``edge`` starts a tile
+        shifts[i + 1] = shift
+    stretch = np.diff(np.concatenate([[0], edges, [n]]))
+    positions = np.arange(n) + np.repeat(shifts, stretch)
+    return positions, n + int(shifts[-1])
 
 
 def padded_adjacency(adjacency: Adjacency, positions: np.ndarray,

@@ -21,9 +21,13 @@ row patterns from the factors, and ``rcm`` runs on a sparse surrogate in which e
 biclique's members are linked by a path in index order (connected like the biclique,
 so a breadth-first search still reaches them as one group).
 
-Geometry methods (``hilbert``, ``morton``, ``tiled``) sort the local tokens by their
-``yx`` grid coordinates; for input without coordinates pass ``grid=(H, W)`` and the
-local tokens are taken in raster order.
+Geometry methods (``hilbert``, ``morton``, ``tiled``, ``grouped``) sort the local tokens
+by their ``yx`` grid coordinates; for input without coordinates pass ``grid=(H, W)`` and
+the local tokens are taken in raster order. ``grouped`` is ``hilbert`` with the local
+tokens whose rows are identical (same key set, special keys included: Vision
+Longformer's sliding chunks) brought together at their first member's place, so that
+``layout.pad_positions`` can give each such run query blocks of its own. It reads rows
+through ``graph.row_signatures`` (a factored graph is not expanded).
 """
 
 from __future__ import annotations
@@ -43,13 +47,14 @@ from sparsevit.graph import (
     FactoredAdjacency,
     make_graph,
     permute,
+    row_signatures,
 )
 from sparsevit.reorder import clustering, curves
 
 GraphLike = AttentionGraph | sp.spmatrix | sp.sparray | np.ndarray
 
-__all__ = ["METHODS", "apply", "get", "hc", "hilbert", "ic", "morton", "none", "rcm",
-           "tiled"]
+__all__ = ["METHODS", "apply", "get", "grouped", "hc", "hilbert", "ic", "morton", "none",
+           "rcm", "tiled"]
 
 
 def none(graph: GraphLike) -> np.ndarray:
@@ -156,9 +161,23 @@ def tiled(graph: GraphLike, *, tile: tuple[int, int] = (8, 8),
     return _place(g, local[np.argsort(key, kind="stable")])
 
 
+def grouped(graph: GraphLike, *, grid: tuple[int, int] | None = None) -> np.ndarray:
+    """``hilbert``, then the local tokens with identical rows (the whole graph's rows,
+    special columns included) moved to their first member's place in that order, members
+    in Hilbert order. Without two identical rows it is exactly ``hilbert``'s order."""
+    g = _as_graph(graph)
+    local, yx = _coordinates(g, grid, "grouped")
+    order = local[np.argsort(curves.hilbert_key(yx), kind="stable")]
+    # return_index is each signature's first occurrence in Hilbert order: sorting tokens
+    # stably by their group's first position keeps groups where they began.
+    _, first, inverse = np.unique(row_signatures(g.matrix)[order], return_index=True,
+                                  return_inverse=True)
+    return _place(g, order[np.argsort(first[inverse], kind="stable")])
+
+
 METHODS: dict[str, Callable[..., np.ndarray]] = {
     "none": none, "rcm": rcm, "hc": hc, "ic": ic,
-    "hilbert": hilbert, "morton": morton, "tiled": tiled,
+    "hilbert": hilbert, "morton": morton, "tiled": tiled, "grouped": grouped,
 }
 
 
