@@ -26,7 +26,7 @@ import style
 FIGURE = "reorder"
 # The figure's models and resolutions, shared with ae/reorder/run.sh.
 CELLS = Path(__file__).resolve().parent.parent / "ae" / "reorder" / "cells.txt"
-METHODS = ("none", "rcm", "hc", "ic", "hilbert", "morton", "tiled")
+METHODS = ("none", "rcm", "hc", "ic", "hilbert", "morton", "tiled", "grouped")
 TILES = ("32x32", "64x64", "128x128")
 LABEL_TILE = "64x64"  # the tile size quoted under each heatmap
 

@@ -255,7 +255,7 @@ def test_every_real_figure_lists_valid_cells() -> None:
     assert cells_mod.list_cells(REPO, "attn") == [
         "VisionLongformer-1024", "VisionLongformer-2048", "RegionViT-2016", "DynamicViT-2048"]
     reorder = cells_mod.list_cells(REPO, "reorder")
-    assert len(reorder) == 63 and "RegionViT-1792-hc" in reorder
+    assert len(reorder) == 72 and "RegionViT-1792-grouped" in reorder
 
 
 @pytest.mark.parametrize("figure, cell", [("attn", "VisionLongformer-999"),
