@@ -214,3 +214,20 @@ def test_too_large_batch_and_wrong_image_are_refused() -> None:
         model(torch.empty(100_000_000, 3, 32, 32, device="meta"))
     with pytest.raises(SparseVitError, match=r"built for \(B, 3, 32, 32\)"):
         model(torch.randn(1, 3, 64, 64))
+
+
+def test_flex_block_mask_is_exact_with_full_tiles() -> None:
+    """Flex on tile_block_mask equals masked SDPA on a graph with a full 128x128 tile (the
+    grouped sliding-chunk order has one; Flex's CPU path evaluates the mask_mod there)."""
+    from sparsevit import reorder
+    from sparsevit.models.attention import flex_for
+
+    g = masks.vision_longformer((16, 16), mode="sliding_chunk")
+    g = reorder.apply(g, reorder.grouped(g))
+    block_mask = tile_block_mask(g, torch.device("cpu"))
+    assert int(block_mask.full_kv_num_blocks.sum()) > 0
+    q, k, v = (torch.randn(1, 2, g.n_tokens, 32) for _ in range(3))
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=torch.as_tensor(g.adjacency.toarray()))
+    out = flex_for(torch.device("cpu"))(q, k, v, block_mask=block_mask)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)

@@ -293,7 +293,8 @@ def _device_arrays(tiles: TileSet, items: WorkItems, device: torch.device,
                    ) -> dict[str, torch.Tensor]:
     """The kernel's int32 inputs, packed row-wise so a launch passes few pointers: items
     (query block, t0, tmid, tcol, t1, slot, lead key, split block), tiles (key block, mask
-    id), splits (query block, s0, s1), bitmasks and the persistent program lists."""
+    id), splits (s0, s1: a split block's workspace slots), bitmasks and the persistent
+    program lists."""
     def dev(*columns: np.ndarray) -> torch.Tensor:
         packed = np.stack(columns, axis=1) if len(columns) > 1 else columns[0]
         return torch.as_tensor(np.ascontiguousarray(packed)).to(device=device, dtype=torch.int32)
@@ -304,7 +305,7 @@ def _device_arrays(tiles: TileSet, items: WorkItems, device: torch.device,
         "items": dev(items.qb, items.t0, items.tmid, items.tcol, items.t1, items.slot,
                      items.lead, items.split),
         "tiles": dev(tiles.col_block, tiles.mask_id), "bitmasks": dev(bitmasks),
-        "splits": dev(items.split_qb, items.split_s0, items.split_s1),
+        "splits": dev(items.split_s0, items.split_s1),
         "prog_ptr": dev(prog_ptr), "prog_units": dev(prog_units),
         "no_workspace": torch.empty(1, device=device, dtype=torch.float32),
     }

@@ -262,8 +262,8 @@ def _attend_unit(
     """One work unit: the tiles [t0, t1) of one item for one (batch, head).
 
     ``items`` rows are (query block, t0, tmid, tcol, t1, workspace slot, lead key, split
-    block); ``tiles`` rows are (key block, mask id); ``splits`` rows (query block, first
-    slot, end slot); ``tickets`` one arrival counter per (split block, batch*head), zero
+    block); ``tiles`` rows are (key block, mask id); ``splits`` rows (first slot, end
+    slot); ``tickets`` one arrival counter per (split block, batch*head), zero
     between launches. ``K_rows`` and ``V_rows`` are plain pointers
     (also when K and V are tensor descriptors) for the lead key's single rows. ONE_LOOP
     runs every tile through the partial-tile path (a full tile's mask reads as all ones):
@@ -334,8 +334,8 @@ def _attend_unit(
             tl.store(WS + ws_rows * HEAD_DIM + ws, m_i)
             tl.store(WS + ws_rows * (HEAD_DIM + 1) + ws, l_i)
             split = tl.load(row + 7)
-            s0 = tl.load(splits + 3 * split + 1)
-            s1 = tl.load(splits + 3 * split + 2)
+            s0 = tl.load(splits + 2 * split)
+            s1 = tl.load(splits + 2 * split + 1)
             counter = tickets + split * n_bh + bh
             tl.debug_barrier()  # every warp's stores issued before the release below
             if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == s1 - s0 - 1:

@@ -173,7 +173,8 @@ def tile_block_mask(graph: AttentionGraph, device: torch.device, block: int = FL
 
     Full tiles are Flex's full blocks (no mask_mod); partial tiles evaluate a mask_mod
     that reads the tile's packed bitmask, so the BlockMask is exact for any graph and
-    never needs an N x N matrix.
+    never needs an N x N matrix. The mask_mod is also true on full tiles: Flex's CPU path
+    evaluates it there too (false there gave wrong rows once a graph had a full tile).
     """
     from torch.nn.attention.flex_attention import BlockMask
 
@@ -193,8 +194,8 @@ def tile_block_mask(graph: AttentionGraph, device: torch.device, block: int = FL
 
     partial_num, partial_idx = blocks(~tiles.full)
     full_num, full_idx = blocks(tiles.full)
-    tile_mask = np.full((n_qb, n_kb), -1, dtype=np.int32)
-    tile_mask[qb_of[~tiles.full], tiles.col_block[~tiles.full]] = tiles.mask_id[~tiles.full]
+    tile_mask = np.full((n_qb, n_kb), -1, dtype=np.int32)  # -1: no tile, -2: full tile
+    tile_mask[qb_of, tiles.col_block] = np.where(tiles.full, -2, tiles.mask_id)
     tile_of = torch.as_tensor(tile_mask, device=device)
     bits = torch.as_tensor(tiles.bitmasks.reshape(-1) if tiles.bitmasks.size else
                            np.zeros(1, np.int32), device=device, dtype=torch.int32)
@@ -204,7 +205,7 @@ def tile_block_mask(graph: AttentionGraph, device: torch.device, block: int = FL
         mid = tile_of[q_idx // block, kv_idx // block]
         row = mid.clamp(min=0).to(torch.int64) * block + q_idx % block
         word = bits[row * words + (kv_idx % block) // 32]
-        return (mid >= 0) & (((word >> (kv_idx % 32)) & 1) != 0)
+        return (mid == -2) | ((mid >= 0) & (((word >> (kv_idx % 32)) & 1) != 0))
 
     return BlockMask.from_kv_blocks(partial_num, partial_idx, full_num, full_idx,
                                     BLOCK_SIZE=block, mask_mod=mask_mod,
@@ -342,10 +343,6 @@ class AttentionContext:
         if backend == "flex" and spec.is_dense:  # no BlockMask: Flex runs every block
             return StageAttention(spec, backend, n, flex_attend(None, device, {}))
         method = self.plan_options.reorder or reorder_for(spec)
-        if backend == "flex" and method == "grouped":
-            # Flex on the grouped order gave wrong logits on a tiny sliding-chunk ViL
-            # (test_models, 64 px: 2.8e-3 off; cause not found): Flex keeps Hilbert's order.
-            method = "hilbert"
         perm, ordered = ordered_graph(spec, method)
         perm_t = torch.as_tensor(perm, device=device)
         layout = ({} if method == "none" else
