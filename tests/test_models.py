@@ -103,6 +103,25 @@ def test_generic_vit_and_state_dict_round_trip() -> None:
     assert a.n_tokens == 1 + 4 * 6
 
 
+def test_floor_output_reaches_the_projection_without_a_copy() -> None:
+    """The floor's out = v sits in qkv's rows (3C apart); the head merge hands it to the
+    output projection as a 2-D view of that memory (addmm takes any row stride), so the
+    floor pays no copy or separate bias pass that no real attention would cause."""
+    torch.manual_seed(4)
+    model = VisionTransformer(32, patch_size=8, depth=1, embed_dim=64, num_heads=2,
+                              attn="floor").eval()
+    attn = model.blocks[0].attn
+    seen: dict[str, torch.Tensor] = {}
+    attn.qkv.register_forward_hook(lambda m, i, out: seen.update(qkv=out))
+    attn.proj.register_forward_pre_hook(lambda m, i: seen.update(proj_in=i[0]))
+    with torch.inference_mode():
+        model(torch.randn(2, 3, 32, 32))
+    proj_in, qkv = seen["proj_in"], seen["qkv"]
+    assert proj_in.dim() == 2 and proj_in.stride() == (3 * 64, 1)
+    assert proj_in.untyped_storage().data_ptr() == qkv.untyped_storage().data_ptr()
+    torch.testing.assert_close(proj_in, qkv[..., 128:].reshape(-1, 64))
+
+
 def test_regionvit_downsample_is_a_plain_depthwise_conv() -> None:
     """The stage's depthwise conv is nn.Conv2d's (same weights, state_dict keys and
     output; on CUDA it calls torch's depthwise kernel by name, tests/test_kernel_gpu.py)."""

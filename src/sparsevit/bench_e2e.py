@@ -1,7 +1,7 @@
 """``sparsevit bench-e2e``: whole-model latency of sparse ViTs under every attention backend.
 
 For each (model, resolution, batch, eager/compiled) cell: build the model once (random
-init, bf16), run the no-attention floor (attention replaced by ``out = v``) and every
+init, bf16), run the no-attention floor (attention replaced by ``out = v``, costing nothing) and every
 requested backend on the same weights and image, compare each backend's logits with
 the first exact backend that ran (``native`` under 'all'), time the forward pass and
 write one log per backend (figure ``e2e``) with provenance, the floor and the ratios.
@@ -260,10 +260,18 @@ def check_logits(logits: Any, reference: tuple[str, Any], dtype: str) -> dict[st
 
 
 def top_kernels(fn: Any, n: int = 12) -> list[dict[str, Any]]:
-    """The ``n`` CUDA kernels taking most device time over 3 calls (torch.profiler)."""
+    """The ``n`` CUDA kernels taking most device time over 3 calls (torch.profiler).
+
+    CUPTI is torn down when the profiler stops: left attached, it taxes every later
+    kernel launch, and the backends timed after a profiled one were host-bound and noisy
+    (H200, RegionViT-S 2048 px sparsevit eager: 11.09 ms before the floor was profiled,
+    11.35-11.86 ms with p80 up to 13.3 after; 11.09 with the teardown)."""
+    import os
+
     import torch
     from torch.profiler import ProfilerActivity, profile
 
+    os.environ.setdefault("TEARDOWN_CUPTI", "1")  # read by Kineto when a session stops
     with torch.inference_mode(), profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(3):
             fn()

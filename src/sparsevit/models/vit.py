@@ -88,7 +88,10 @@ class Attention(nn.Module):
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).unbind(2)
         out = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+        # Merged to 2-D, a head-interleaved output with any row stride (the floor's v sits
+        # in qkv's rows, 3C apart) goes straight to addmm; a strided 3-D input would take
+        # matmul, a copy and a separate bias pass.
+        return self.proj(out.transpose(1, 2).reshape(b * n, c)).view(b, n, c)
 
 
 class Block(nn.Module):
