@@ -1,10 +1,11 @@
 """``sparsevit bench-e2e``: whole-model latency of sparse ViTs under every attention backend.
 
 For each (model, resolution, batch, eager/compiled) cell: build the model once (random
-init, bf16), run the no-attention floor (attention replaced by ``out = v``, costing nothing) and every
-requested backend on the same weights and image, compare each backend's logits with
-the first exact backend that ran (``native`` under 'all'), time the forward pass and
-write one log per backend (figure ``e2e``) with provenance, the floor and the ratios.
+init, bf16), run the no-attention floor (attention replaced by ``out = v``: it costs
+nothing) and every requested backend on the same weights and image, compare each
+backend's logits with the first exact backend that ran (``native`` under 'all'), time
+the forward pass and write one log per backend (figure ``e2e``) with provenance, the
+floor and the ratios.
 Exit status 1 when a backend FAILed (crash or logits beyond the tolerance).
 """
 
