@@ -135,18 +135,23 @@ def ic(graph: GraphLike, *, block: int = 16, tau: float = 0.6, expand_rounds: in
     return _place(g, local[order])
 
 
+def _along(g: AttentionGraph, grid: tuple[int, int] | None, method: str,
+           key: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """The local tokens sorted (stably) by ``key`` of their grid coordinates."""
+    local, yx = _coordinates(g, grid, method)
+    return local[np.argsort(key(yx), kind="stable")]
+
+
 def hilbert(graph: GraphLike, *, grid: tuple[int, int] | None = None) -> np.ndarray:
     """Local tokens along a Hilbert curve over the enclosing power-of-two square."""
     g = _as_graph(graph)
-    local, yx = _coordinates(g, grid, "hilbert")
-    return _place(g, local[np.argsort(curves.hilbert_key(yx), kind="stable")])
+    return _place(g, _along(g, grid, "hilbert", curves.hilbert_key))
 
 
 def morton(graph: GraphLike, *, grid: tuple[int, int] | None = None) -> np.ndarray:
     """Local tokens in Z-order (Morton) over the enclosing power-of-two square."""
     g = _as_graph(graph)
-    local, yx = _coordinates(g, grid, "morton")
-    return _place(g, local[np.argsort(curves.morton_key(yx), kind="stable")])
+    return _place(g, _along(g, grid, "morton", curves.morton_key))
 
 
 def tiled(graph: GraphLike, *, tile: tuple[int, int] = (8, 8),
@@ -156,9 +161,8 @@ def tiled(graph: GraphLike, *, tile: tuple[int, int] = (8, 8),
     _check(np.shape(tile) == (2,) and min(tile) >= 1,
            f"tile must be two positive sizes, got {tile}")
     g = _as_graph(graph)
-    local, yx = _coordinates(g, grid, "tiled")
-    key = curves.tiled_key(yx, (int(tile[0]), int(tile[1])))
-    return _place(g, local[np.argsort(key, kind="stable")])
+    size = (int(tile[0]), int(tile[1]))
+    return _place(g, _along(g, grid, "tiled", lambda yx: curves.tiled_key(yx, size)))
 
 
 def grouped(graph: GraphLike, *, grid: tuple[int, int] | None = None) -> np.ndarray:
@@ -166,8 +170,7 @@ def grouped(graph: GraphLike, *, grid: tuple[int, int] | None = None) -> np.ndar
     special columns included) moved to their first member's place in that order, members
     in Hilbert order. Without two identical rows it is exactly ``hilbert``'s order."""
     g = _as_graph(graph)
-    local, yx = _coordinates(g, grid, "grouped")
-    order = local[np.argsort(curves.hilbert_key(yx), kind="stable")]
+    order = _along(g, grid, "grouped", curves.hilbert_key)
     # return_index is each signature's first occurrence in Hilbert order: sorting tokens
     # stably by their group's first position keeps groups where they began.
     _, first, inverse = np.unique(row_signatures(g.matrix)[order], return_index=True,
