@@ -366,3 +366,36 @@ def test_lead_keys_fold_global_columns(tile, max_tiles, reorder) -> None:
     assert rel_err(out, ref) < FP32_TOL
     ordered = sv.attention(*(plan.permute(t) for t in (q, k, v)), plan, ordered=True)
     assert rel_err(plan.unpermute(ordered), ref) < FP32_TOL
+
+
+@pytest.mark.parametrize(("case", "tile"), [("vil_chunk", (16, 16)), ("vil_chunk", (32, 16)),
+                                            ("regionvit", (16, 16))])
+def test_gathered_runs_move_by_bulk_copies(case: str, tile: tuple[int, int],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A padded plan of an already reordered graph (as a model that keeps the unpadded
+    plan order builds it) keeps each block's tokens in consecutive rows: original-order
+    inputs then take the bulk-copy path, reading rows of the next tokens at padding
+    positions, and still give the reference output. A plan that reorders does not."""
+    from sparsevit import ops, reorder
+
+    graph = {"vil_chunk": lambda: sv.masks.vision_longformer(
+                 (9, 12), window=5, n_global=1, mode="sliding_chunk", chunk=2),
+             "regionvit": lambda: sv.masks.regionvit((14, 14), window=7)}[case]()
+    method = "grouped" if case == "vil_chunk" else "tiled"
+    kwargs = {"tile": (7, 7)} if case == "regionvit" else {}
+    raw, graph = graph, reorder.apply(graph, reorder.get(method)(graph, **kwargs))
+    plan = sv.plan(graph, reorder="none", tile=tile, heads=2, head_dim=32, device=DEVICE,
+                   pad=True)
+    assert plan.n_positions > plan.n_tokens and plan.runs_in_memory
+    described = []
+    real_descriptor = ops.TensorDescriptor.from_tensor
+    monkeypatch.setattr(ops.TensorDescriptor, "from_tensor", lambda t, block: (
+        described.append(tuple(block)) or real_descriptor(t, block)))
+    q, k, v = (torch.randn(1, 2, graph.n_tokens, 32, generator=torch.Generator().manual_seed(s))
+               .to(DEVICE) for s in range(3))
+    out = sv.attention(q, k, v, plan)
+    assert described == [(1, 1, tile[0], 32), (1, 1, tile[1], 32), (1, 1, tile[1], 32)]
+    assert rel_err(out, reference(q, k, v, graph.adjacency)) < FP32_TOL
+    reordering = sv.plan(raw, reorder=method, tile=tile, heads=2, head_dim=32, device=DEVICE,
+                         pad=True)
+    assert not reordering.runs_in_memory

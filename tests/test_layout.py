@@ -157,3 +157,18 @@ def test_grouped_sliding_chunks_start_on_tiles_and_need_fewer_tiles(grid, n_glob
     plain = planner.tile_layout(ordered, tile, False).tiles
     assert padded.n_tiles < plain.n_tiles
     assert padded.cols.sum() >= 0.9 * padded.n_tiles  # uniform query blocks: column tiles
+
+
+def test_block_memory_rows() -> None:
+    """A block's first memory row where its tokens are consecutive rows with padding only
+    after them; None as soon as one block is not so."""
+    pad = 9  # n_tokens: the padding mark
+    rows = layout.block_memory_rows
+    np.testing.assert_array_equal(rows(np.arange(9), 4, 9), [0, 4, 8])
+    # tokens 0-2 | padding | 3-6 | 7, 8, then padding, then a block of padding only
+    slots = np.array([0, 1, 2, pad, 3, 4, 5, 6, 7, 8, pad, pad, pad, pad, pad, pad])
+    np.testing.assert_array_equal(rows(slots, 4, 9), [0, 3, 7, 9])
+    assert rows(slots, 8, 9) is None  # block 0 holds tokens 0-2, then 3 at offset 4
+    assert rows(np.array([0, pad, 1, 2]), 4, 9) is None  # padding between tokens
+    assert rows(np.array([1, 0, 2, 3]), 4, 9) is None  # not in memory order
+    assert rows(np.array([pad, 0, 1, 2]), 4, 9) is None  # would start at row -1

@@ -124,3 +124,29 @@ def padded_adjacency(adjacency: Adjacency, positions: np.ndarray,
     if isinstance(adjacency, FactoredAdjacency):
         return adjacency.moved(positions, n_positions)
     return move_csr(sp.csr_matrix(adjacency), positions, n_positions)
+
+
+def block_memory_rows(slot_token: np.ndarray, block: int, n_tokens: int) -> np.ndarray | None:
+    """Per block of ``block`` positions, the memory row ``r0`` such that every real
+    position ``b * block + j`` of the block holds token ``r0 + j``; None when some block
+    has no such row (its tokens are not consecutive, or start past their offset).
+
+    ``slot_token`` maps each position to its token (``n_tokens`` at a padding position).
+    Where every block has one, the kernel can move a block as ``block`` consecutive rows
+    from ``r0`` (a bulk copy) although the tokens are not padded in memory: the rows it
+    reads at padding positions belong to other tokens, and those columns are masked
+    anyway, since a padding position attends nothing and nothing attends it. A block of
+    padding only gets ``n_tokens`` (past the last row).
+    """
+    blocks = -(-slot_token.shape[0] // block)
+    padded = np.full(blocks * block, n_tokens, np.int64)
+    padded[:slot_token.shape[0]] = slot_token
+    padded = padded.reshape(blocks, block)
+    real = padded < n_tokens
+    none = np.iinfo(np.int64).max
+    start = np.where(real, padded - np.arange(block), none)
+    rows = start.min(axis=1)
+    rows[rows == none] = n_tokens
+    if (rows < 0).any() or (real & (start != rows[:, None])).any():
+        return None
+    return rows

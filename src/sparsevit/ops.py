@@ -180,10 +180,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan,
                              f"inputs have {n_bh}")
     n_units = plan.items.qb.shape[0] * n_bh
     grid = plan.programs[0].shape[0] - 1 if persistent else n_units
-    # Ordered rows are contiguous per tile, so the copy engine can move them; gathered
-    # rows go through the pointer path. The interpreter (CPU) emulates the copies.
-    tma = (ordered and (n_units >= TMA_MIN_UNITS or not q.is_cuda) and _has_tma(q.device)
-           and _tma_ready(q, k, v))
+    # Ordered rows are contiguous per tile, and so are gathered ones where each block's
+    # tokens are consecutive rows (``Plan.runs_in_memory``): the copy engine moves them.
+    # Other gathered rows go through the pointer path. The interpreter (CPU) emulates
+    # the copies.
+    tma = ((ordered or plan.runs_in_memory) and (n_units >= TMA_MIN_UNITS or not q.is_cuda)
+           and _has_tma(q.device) and _tma_ready(q, k, v))
+    bulk_gather = tma and gather
     qd, kd, vd = ((TensorDescriptor.from_tensor(t, [1, 1, rows, d])
                    for t, rows in ((q, tiles.bm), (k, tiles.bn), (v, tiles.bn)))
                   if tma else (q, k, v))
@@ -201,8 +204,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan,
         side.wait_stream(torch.cuda.current_stream(q.device))
     if grid:  # no work items when dense rectangles cover every query block
         block_sparse_attn_fwd[(grid,)](
-            qd, kd, vd, k, v, out, ws, ws_rows, plan.perm, a["items"], a["tiles"],
-            a["bitmasks"], a["splits"], _tickets(plan, n_bh, q.device), a["prog_ptr"],
+            qd, kd, vd, k, v, out, ws, ws_rows, plan.perm,
+            a["query_rows"] if bulk_gather else a["items"],  # (items: a pointer not read)
+            a["items"], a["tiles_memory"] if bulk_gather else a["tiles"], a["bitmasks"],
+            a["splits"], _tickets(plan, n_bh, q.device), a["prog_ptr"],
             a["prog_units"], plan.n_positions, n, heads, n_bh,
             qk_scale,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],

@@ -231,6 +231,14 @@ class Plan:
         return self.graph.n_tokens
 
     @property
+    def runs_in_memory(self) -> bool:
+        """Whether each block's tokens lie in consecutive rows of the original order
+        (``layout.block_memory_rows``): then the kernel moves original-order tiles by bulk
+        copies, as it does ordered ones (a model that keeps the unpadded plan order of a
+        padded plan calls it so)."""
+        return "query_rows" in self.arrays
+
+    @property
     def n_positions(self) -> int:
         """Rows of the ordered form: the tokens plus padding positions."""
         return self.tiles.n_tokens
@@ -290,25 +298,34 @@ def one_loop(tiles: TileSet) -> bool:
 
 def _device_arrays(tiles: TileSet, items: WorkItems, device: torch.device,
                    programs: tuple[np.ndarray, np.ndarray] | None = None,
+                   memory_rows: tuple[np.ndarray, np.ndarray] | None = None,
                    ) -> dict[str, torch.Tensor]:
     """The kernel's int32 inputs, packed row-wise so a launch passes few pointers: items
-    (query block, t0, tmid, tcol, t1, slot, lead key, split block), tiles (key block, mask
-    id), splits (s0, s1: a split block's workspace slots), bitmasks and the persistent
-    program lists."""
+    (query block, t0, tmid, tcol, t1, slot, lead key, split block), tiles (key tile's
+    first position, mask id), splits (s0, s1: a split block's workspace slots), bitmasks
+    and the persistent program lists. With ``memory_rows`` (per query block, per key
+    block: ``layout.block_memory_rows``), also the query blocks' first memory rows and
+    the tiles with their key block's first memory row instead of its first position,
+    for bulk copies from the unpadded order."""
     def dev(*columns: np.ndarray) -> torch.Tensor:
         packed = np.stack(columns, axis=1) if len(columns) > 1 else columns[0]
         return torch.as_tensor(np.ascontiguousarray(packed)).to(device=device, dtype=torch.int32)
 
     bitmasks = kernel_bitmasks(tiles.bitmasks) if tiles.bitmasks.size else np.zeros(1, np.int32)
     prog_ptr, prog_units = programs if programs is not None else (np.zeros(1), np.zeros(1))
-    return {
+    arrays = {
         "items": dev(items.qb, items.t0, items.tmid, items.tcol, items.t1, items.slot,
                      items.lead, items.split),
-        "tiles": dev(tiles.col_block, tiles.mask_id), "bitmasks": dev(bitmasks),
+        "tiles": dev(tiles.col_block * tiles.bn, tiles.mask_id), "bitmasks": dev(bitmasks),
         "splits": dev(items.split_s0, items.split_s1),
         "prog_ptr": dev(prog_ptr), "prog_units": dev(prog_units),
         "no_workspace": torch.empty(1, device=device, dtype=torch.float32),
     }
+    if memory_rows is not None:
+        query_rows, key_rows = memory_rows
+        arrays["query_rows"] = dev(query_rows)
+        arrays["tiles_memory"] = dev(key_rows[tiles.col_block], tiles.mask_id)
+    return arrays
 
 
 def find_dense(tiles: TileSet, dense: str | bool) -> np.ndarray:
@@ -488,9 +505,13 @@ def _assemble(graph: AttentionGraph, ordered: AttentionGraph, perm: np.ndarray, 
     slot_token[lay.positions] = perm
     inv = np.empty(n, np.int64)
     inv[perm] = lay.positions
+    memory_rows = (layout.block_memory_rows(slot_token, lay.tiles.bm, n),
+                   layout.block_memory_rows(slot_token, lay.tiles.bn, n))
+    arrays = _device_arrays(lay.tiles, items, device, programs,
+                            None if any(r is None for r in memory_rows) else memory_rows)
     return Plan(graph, ordered, lay.tiles, items, reorder, device, heads, head_dim,
                 torch.as_tensor(slot_token).to(device), torch.as_tensor(inv).to(device),
-                _device_arrays(lay.tiles, items, device, programs), config, programs, units_bh,
+                arrays, config, programs, units_bh,
                 np.zeros((0, 4), np.int64) if dense is None else dense)
 
 

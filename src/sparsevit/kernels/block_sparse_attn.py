@@ -49,6 +49,10 @@ program cost more than they save: RegionViT 16k went 46 -> 62 µs in a one-off H
 With GATHER, logical row r lives at memory row ``row_map[r]``: q, k, v and o stay in the
 caller's token order and the reordering costs no extra pass over memory. A padding
 position maps to ``n_mem`` (one past the last memory row) and is never loaded or stored.
+With GATHER and TMA, every block's tokens sit in consecutive memory rows with padding
+only after them (``layout.block_memory_rows``: a model keeping a padded plan's unpadded
+order): a tile moves by one bulk copy from its first memory row, and the rows it reads
+at padding positions (the next tokens) are masked columns or rows that are not stored.
 """
 
 from __future__ import annotations
@@ -249,8 +253,8 @@ def _merge_pieces(WS, ws_rows, s0, s1, bh, n_bh, BM: tl.constexpr, HEAD_DIM: tl.
 
 @triton.jit
 def _attend_unit(
-    item, bh, Q, K, V, K_rows, V_rows, Out, WS, ws_rows, row_map, items, tiles, bitmasks,
-    splits, tickets, n_pos, n_mem, n_heads, n_bh, qk_scale,
+    item, bh, Q, K, V, K_rows, V_rows, Out, WS, ws_rows, row_map, query_rows, items, tiles,
+    bitmasks, splits, tickets, n_pos, n_mem, n_heads, n_bh, qk_scale,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -262,10 +266,12 @@ def _attend_unit(
     """One work unit: the tiles [t0, t1) of one item for one (batch, head).
 
     ``items`` rows are (query block, t0, tmid, tcol, t1, workspace slot, lead key, split
-    block); ``tiles`` rows are (key block, mask id); ``splits`` rows (first slot, end
-    slot); ``tickets`` one arrival counter per (split block, batch*head), zero
-    between launches. ``K_rows`` and ``V_rows`` are plain pointers
-    (also when K and V are tensor descriptors) for the lead key's single rows. ONE_LOOP
+    block); ``tiles`` rows are (key tile's first row, mask id): its first position, or
+    with TMA and GATHER its first memory row; ``query_rows`` the query blocks' first
+    memory rows (TMA and GATHER only); ``splits`` rows (first slot, end slot);
+    ``tickets`` one arrival counter per (split block, batch*head), zero between
+    launches. ``K_rows`` and ``V_rows`` are plain pointers (also when K and V are tensor
+    descriptors) for the lead key's single rows. ONE_LOOP
     runs every tile through the partial-tile path (a full tile's mask reads as all ones):
     one software-pipelined loop instead of three short ones, at the price of the mask
     test on full tiles -- the better trade when most tiles are partial."""
@@ -283,12 +289,13 @@ def _attend_unit(
     offs_m = qb * BM + tl.arange(0, BM)
     offs_n = tl.arange(0, BN)
     offs_d = tl.arange(0, HEAD_DIM)
-    q_rows, row_ok = _rows(row_map, offs_m, n_pos, n_mem, GATHER)
-    if TMA:
-        q = Q.load([b, h, qb * BM, 0]).reshape(BM, HEAD_DIM)
+    if TMA:  # gathered: the block's tokens sit in consecutive rows from query_rows[qb]
+        q0 = tl.load(query_rows + qb) if GATHER else qb * BM
+        q = Q.load([b, h, q0, 0]).reshape(BM, HEAD_DIM)
         k_src = K
         v_src = V
     else:
+        q_rows, row_ok = _rows(row_map, offs_m, n_pos, n_mem, GATHER)
         q = tl.load(_row_ptrs(Q, b, h, q_rows, stride_qb, stride_qh, stride_qn, offs_d),
                     mask=row_ok[:, None], other=0.0)
         k_src = K + b.to(tl.int64) * stride_kb + h * stride_kh + offs_d[None, :]
@@ -303,24 +310,26 @@ def _attend_unit(
     # Full tiles: no mask work.
     for t in range(t0, tmid):
         m_i, l_i, acc = _tile_step(
-            q, k_src, v_src, b, h, stride_kn, stride_vn, tl.load(tiles + 2 * t) * BN,
+            q, k_src, v_src, b, h, stride_kn, stride_vn, tl.load(tiles + 2 * t),
             row_map, n_pos, n_mem, m_i, l_i, acc, 0, qk_scale, BN=BN, GATHER=GATHER,
             APPLY_MASK=False, NW=NW, INLINE_PTX=INLINE_PTX, TMA=TMA)
     # Column tiles: one row of mask bits serves every row.
     for t in range(tmid, tcol):
         words = _column_mask(bitmasks, tl.load(tiles + 2 * t + 1), offs_n, BM, NW)
         m_i, l_i, acc = _tile_step(
-            q, k_src, v_src, b, h, stride_kn, stride_vn, tl.load(tiles + 2 * t) * BN,
+            q, k_src, v_src, b, h, stride_kn, stride_vn, tl.load(tiles + 2 * t),
             row_map, n_pos, n_mem, m_i, l_i, acc, words, qk_scale, BN=BN, GATHER=GATHER,
             APPLY_MASK=True, NW=NW, INLINE_PTX=INLINE_PTX, TMA=TMA)
     # Partial tiles: scores outside the bitmask become -inf.
     for t in range(tcol, t1):
         words = _bitmask(bitmasks, tl.load(tiles + 2 * t + 1), tl.arange(0, BM), offs_n, NW)
         m_i, l_i, acc = _tile_step(
-            q, k_src, v_src, b, h, stride_kn, stride_vn, tl.load(tiles + 2 * t) * BN,
+            q, k_src, v_src, b, h, stride_kn, stride_vn, tl.load(tiles + 2 * t),
             row_map, n_pos, n_mem, m_i, l_i, acc, words, qk_scale, BN=BN, GATHER=GATHER,
             APPLY_MASK=True, NW=NW, INLINE_PTX=INLINE_PTX, TMA=TMA)
 
+    # Output rows looked up after the loop: no registers held through it.
+    q_rows, row_ok = _rows(row_map, offs_m, n_pos, n_mem, GATHER)
     if SPLITS:  # the plan has split blocks (else the merge code is not compiled in)
         if slot < 0:
             _store_out(Out, acc, l_i, b, h, q_rows, row_ok, stride_ob, stride_oh, stride_on,
@@ -349,8 +358,8 @@ def _attend_unit(
 
 @triton.jit
 def block_sparse_attn_fwd(
-    Q, K, V, K_rows, V_rows, Out, WS, ws_rows, row_map, items, tiles, bitmasks, splits,
-    tickets, prog_ptr, prog_units, n_pos, n_mem, n_heads, n_bh, qk_scale,
+    Q, K, V, K_rows, V_rows, Out, WS, ws_rows, row_map, query_rows, items, tiles, bitmasks,
+    splits, tickets, prog_ptr, prog_units, n_pos, n_mem, n_heads, n_bh, qk_scale,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -375,7 +384,8 @@ def block_sparse_attn_fwd(
             unit = tl.load(prog_units + u)
         _attend_unit(
             unit // n_bh, unit % n_bh, Q, K, V, K_rows, V_rows, Out, WS, ws_rows, row_map,
-            items, tiles, bitmasks, splits, tickets, n_pos, n_mem, n_heads, n_bh, qk_scale,
+            query_rows, items, tiles, bitmasks, splits, tickets, n_pos, n_mem, n_heads, n_bh,
+            qk_scale,
             stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
             stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
             BM, BN, HEAD_DIM, NW, GATHER, INLINE_PTX, ONE_LOOP, TMA, SPLITS)
