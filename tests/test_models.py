@@ -16,6 +16,7 @@ from sparsevit import masks
 from sparsevit.errors import SparseVitError
 from sparsevit.models import MODELS, create
 from sparsevit.models.attention import (
+    AttentionContext,
     GraphSpec,
     build_graph,
     ordered_graph,
@@ -250,3 +251,28 @@ def test_flex_block_mask_is_exact_with_full_tiles() -> None:
         q, k, v, attn_mask=torch.as_tensor(g.adjacency.toarray()))
     out = flex_for(torch.device("cpu"))(q, k, v, block_mask=block_mask)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+
+
+def test_eager_sparsevit_calls_the_kernel_directly_compile_traces_the_op(monkeypatch) -> None:
+    """Eager calls skip the custom op (its dispatch costs host time); under torch.compile
+    the op is what the graph holds, so the model stays one graph around it."""
+    from sparsevit.models import attention as model_attention
+
+    ctx = AttentionContext("sparsevit")
+    spec = GraphSpec("vil", (6, 7), (("window", 3), ("n_global", 1), ("mode", "exact"),
+                                     ("chunk", 1)))
+    stage = ctx.get(spec, 1, 2, 32, torch.device("cpu"), torch.float32)
+    q, k, v = (torch.randn(1, 2, stage.n_tokens, 32) for _ in range(3))
+    graphs = []
+
+    def keep_graph(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    with torch.inference_mode():
+        compiled = torch.compile(stage.attend, backend=keep_graph, fullgraph=True)(q, k, v)
+        targets = [node.target for gm in graphs for node in gm.graph.nodes]
+        assert torch.ops.sparsevit.planned_attention.default in targets
+        monkeypatch.setattr(model_attention, "planned_attention", None)  # eager: not called
+        eager = stage.attend(q, k, v)
+    torch.testing.assert_close(compiled, eager, atol=ATOL, rtol=0)
