@@ -505,8 +505,9 @@ def _assemble(graph: AttentionGraph, ordered: AttentionGraph, perm: np.ndarray, 
     slot_token[lay.positions] = perm
     inv = np.empty(n, np.int64)
     inv[perm] = lay.positions
-    memory_rows = (layout.block_memory_rows(slot_token, lay.tiles.bm, n),
-                   layout.block_memory_rows(slot_token, lay.tiles.bn, n))
+    bm, bn = lay.tiles.bm, lay.tiles.bn
+    rows = {size: layout.block_memory_rows(slot_token, size, n) for size in {bm, bn}}
+    memory_rows = (rows[bm], rows[bn])
     arrays = _device_arrays(lay.tiles, items, device, programs,
                             None if any(r is None for r in memory_rows) else memory_rows)
     return Plan(graph, ordered, lay.tiles, items, reorder, device, heads, head_dim,

@@ -380,16 +380,15 @@ class AttentionContext:
             scatter = torch.empty_like(base)
             scatter[gather[plan.perm < n]] = torch.nonzero(plan.perm < n).flatten()
             layout = {"gather": gather, "scatter": scatter}
-        plan_id = register_plan(plan, ordered=not padded or opts.padding == "carry")
+        ordered_form = not padded or opts.padding == "carry"
+        plan_id = register_plan(plan, ordered=ordered_form)
 
         def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
             # Eager calls skip the custom op's dispatch and output checks (~20 µs of host
             # time a call on the H200 host: 93 -> 73 µs); torch.compile traces the op.
             if torch.compiler.is_compiling():
                 return planned_attention(q, k, v, plan_id)
-            from sparsevit.ops import attention
-
-            return attention(q, k, v, *_PLANS[plan_id])
+            return sv.attention(q, k, v, plan, ordered=ordered_form)
 
         return StageAttention(spec, "sparsevit", ordered.n_tokens, attend, **layout,
                               info={"plan": plan.describe(), "padding": opts.padding})
