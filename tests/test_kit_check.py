@@ -97,6 +97,23 @@ def test_check_cli_table_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFi
     assert check.main([*args[:2], "--results", str(tmp_path / "none")]) == 2
 
 
+def test_relative_to_divides_by_the_sibling_log_as_it_stands(tmp_path: Path) -> None:
+    # The baseline's logged ratio (4.0) is stale: sparsevit's log was rerun since.
+    logs = tmp_path / "fig"
+    write_log(logs, "A", "1", "full-b1-eager", backend="full", median_us=30.0, speedup=4.0)
+    write_log(logs, "A", "1", "sparsevit-b1-eager", backend="sparsevit", median_us=10.0)
+    write_log(logs, "A", "1", "full-b8-eager", backend="full", median_us=80.0)
+    write_log(logs, "A", "1", "sparsevit-b8-eager", backend="sparsevit", status="OOM")
+    write_log(logs, "B", "1", "full-b1-eager", backend="full", median_us=5.0)
+    claim = check.Claim(id="x", claim="x", figure="fig", metric="median_us", tolerance=0.1,
+                        per=("model", "system"), rows={"backend": "full"},
+                        relative_to="sparsevit")
+    parser = check.load_plot_logs(REPO)
+    values = check.claim_values(parser, parser.load_dir(logs, figure="fig"), "h200", claim)
+    assert values == {("A", "full-b1-eager"): 3.0, ("A", "full-b8-eager"): "OOM",
+                      ("B", "full-b1-eager"): "NS"}
+
+
 def test_shipped_claims_reproduce_on_the_backup_logs_themselves() -> None:
     claims = check.load_claims(REPO / "ae" / "claims.json")
     figures = {p.parent.name for p in (REPO / "ae").glob("*/cells.sh")}

@@ -3,7 +3,11 @@
 Each claim of ``ae/claims.json`` names a figure, a RESULT field (``metric``), which rows
 count (``rows``: field values to match; ``exclude_systems``), how cells group (``per``:
 name parts such as model and resolution) and reduce (``reduce``: min, max, median, or
-one for a single value), and a relative ``tolerance``. Per group it prints the backup
+one for a single value), and a relative ``tolerance``. With ``relative_to`` (a backend
+name) a row's value is its metric over the same metric of that backend's cell of the same
+model, resolution and run mode (the log whose name has the row's backend swapped for it):
+ratios are taken from the logs as they stand, not from a ratio a log wrote when the other
+backend's log was an older one. Per group it prints the backup
 value, the fresh value and fresh / backup; the claim's verdict is
 
 - reproduced: every group of the backup logs has a fresh value within the tolerance;
@@ -23,7 +27,7 @@ import json
 import statistics
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -50,6 +54,7 @@ class Claim:
     reduce: str = "one"
     rows: dict[str, Any] = field(default_factory=dict)
     exclude_systems: tuple[str, ...] = ()
+    relative_to: str | None = None
     why: str = ""
 
 
@@ -118,6 +123,8 @@ def claim_values(logs: ModuleType, logset: Any, device: str,
             if any(row.get(k) != v for k, v in claim.rows.items()):
                 continue
             value = logs.number(row, claim.metric)
+            if claim.relative_to is not None and isinstance(value, float):
+                value = _over_sibling(logs, logset, key, row, value, claim)
             if isinstance(value, float):
                 numbers.setdefault(group, []).append(value)
             else:
@@ -126,6 +133,21 @@ def claim_values(logs: ModuleType, logset: Any, device: str,
     for group, values in numbers.items():
         out[group] = values[0] if claim.reduce == "one" else REDUCERS[claim.reduce](values)
     return out
+
+
+def _over_sibling(logs: ModuleType, logset: Any, key: Any, row: dict[str, Any], value: float,
+                  claim: Claim) -> float | str:
+    """``value`` over the metric of backend ``claim.relative_to`` in the cell whose name
+    differs from ``key`` only by that backend (NS where there is none)."""
+    backend = str(row.get("backend", ""))
+    if not backend or not key.system.startswith(backend):
+        return "NS"
+    sibling = logset.cells.get(replace(key, system=claim.relative_to + key.system[len(backend):]))
+    rows = [r for r in sibling.rows if r.get("backend") == claim.relative_to] if sibling else []
+    base = logs.number(rows[0], claim.metric) if rows else "NS"
+    if not isinstance(base, float):
+        return base
+    return value / base if base > 0 else "NS"
 
 
 def judge(claim: Claim, backup: dict[tuple[str, ...], float | str],
