@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from sparsevit.errors import SparseVitError
 from sparsevit.kit import check, env_check
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,16 +103,47 @@ def test_relative_to_divides_by_the_sibling_log_as_it_stands(tmp_path: Path) -> 
     logs = tmp_path / "fig"
     write_log(logs, "A", "1", "full-b1-eager", backend="full", median_us=30.0, speedup=4.0)
     write_log(logs, "A", "1", "sparsevit-b1-eager", backend="sparsevit", median_us=10.0)
+    write_log(logs, "A", "2", "full-b1-eager", backend="full", median_us=60.0)
+    write_log(logs, "A", "2", "sparsevit-b1-eager", backend="sparsevit", median_us=40.0)
     write_log(logs, "A", "1", "full-b8-eager", backend="full", median_us=80.0)
     write_log(logs, "A", "1", "sparsevit-b8-eager", backend="sparsevit", status="OOM")
     write_log(logs, "B", "1", "full-b1-eager", backend="full", median_us=5.0)
+    # A log name that only starts with the backend's name is not its sibling's.
+    write_log(logs, "C", "1", "fullx-b1-eager", backend="full", median_us=5.0)
+    write_log(logs, "C", "1", "sparsevitx-b1-eager", backend="sparsevit", median_us=1.0)
     claim = check.Claim(id="x", claim="x", figure="fig", metric="median_us", tolerance=0.1,
-                        per=("model", "system"), rows={"backend": "full"},
+                        per=("model", "resolution", "system"), rows={"backend": "full"},
                         relative_to="sparsevit")
     parser = check.load_plot_logs(REPO)
     values = check.claim_values(parser, parser.load_dir(logs, figure="fig"), "h200", claim)
-    assert values == {("A", "full-b1-eager"): 3.0, ("A", "full-b8-eager"): "OOM",
-                      ("B", "full-b1-eager"): "NS"}
+    assert values == {("A", "1", "full-b1-eager"): 3.0, ("A", "2", "full-b1-eager"): 1.5,
+                      ("A", "1", "full-b8-eager"): "OOM", ("B", "1", "full-b1-eager"): "NS",
+                      ("C", "1", "fullx-b1-eager"): "NS"}
+
+
+def test_relative_to_on_attn_names_and_failures_before_ns(tmp_path: Path) -> None:
+    # attn logs are named by the backend alone; a group's min spans its baselines. A
+    # fresh sparsevit failure must read as that failure, not as NS from a dense kernel
+    # that was not installed (flash_attn sorts first).
+    logs = tmp_path / "fig"
+    for res, ours in (("1", {"median_us": 20.0}), ("2", {"status": "FAIL"})):
+        write_log(logs, "M", res, "flash_attn", backend="flash_attn", status="NS")
+        write_log(logs, "M", res, "flex_b64", backend="flex_b64", median_us=100.0)
+        write_log(logs, "M", res, "naive", backend="naive", median_us=60.0)
+        write_log(logs, "M", res, "sparsevit", backend="sparsevit", **ours)
+    claim = check.Claim(id="x", claim="x", figure="fig", metric="median_us", tolerance=0.1,
+                        per=("model", "resolution"), reduce="min", relative_to="sparsevit",
+                        exclude_systems=("sparsevit",))
+    parser = check.load_plot_logs(REPO)
+    values = check.claim_values(parser, parser.load_dir(logs, figure="fig"), "h200", claim)
+    assert values == {("M", "1"): 3.0, ("M", "2"): "FAIL"}
+
+
+def test_relative_to_must_name_a_backend(tmp_path: Path) -> None:
+    claims = tmp_path / "claims.json"
+    claims.write_text(json.dumps({"claims": [{**CLAIM, "relative_to": ""}]}))
+    with pytest.raises(SparseVitError, match="relative_to"):
+        check.load_claims(claims)
 
 
 def test_shipped_claims_reproduce_on_the_backup_logs_themselves() -> None:

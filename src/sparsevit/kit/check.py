@@ -102,6 +102,8 @@ def load_claims(path: Path) -> list[Claim]:
         if bad or c.reduce not in (*REDUCERS, "one") or not c.tolerance > 0:
             raise SparseVitError(f"{path}: claim {c.id}: 'per' takes {NAME_PARTS}, 'reduce' "
                                  f"one of {(*REDUCERS, 'one')}, 'tolerance' > 0")
+        if c.relative_to is not None and not (isinstance(c.relative_to, str) and c.relative_to):
+            raise SparseVitError(f"{path}: claim {c.id}: 'relative_to' must name a backend")
         claims.append(c)
     if not claims:
         raise SparseVitError(f"{path}: no claims")
@@ -110,7 +112,9 @@ def load_claims(path: Path) -> list[Claim]:
 
 def claim_values(logs: ModuleType, logset: Any, device: str,
                  claim: Claim) -> dict[tuple[str, ...], float | str]:
-    """{group: reduced value, or the sentinel status when no row of the group is OK}."""
+    """{group: reduced value, or a sentinel status when no row of the group has a value
+    (a row's own status, or with ``relative_to`` its sibling's; OOM, TLE or FAIL before
+    NS, so that a failure reads as one and not as a cell that did not run)."""
     numbers: dict[tuple[str, ...], list[float]] = {}
     sentinels: dict[tuple[str, ...], str] = {}
     for key, cell in logset.cells.items():
@@ -127,8 +131,8 @@ def claim_values(logs: ModuleType, logset: Any, device: str,
                 value = _over_sibling(logs, logset, key, row, value, claim)
             if isinstance(value, float):
                 numbers.setdefault(group, []).append(value)
-            else:
-                sentinels.setdefault(group, value)
+            elif value != "NS" or group not in sentinels:
+                sentinels[group] = value
     out: dict[tuple[str, ...], float | str] = dict(sentinels)
     for group, values in numbers.items():
         out[group] = values[0] if claim.reduce == "one" else REDUCERS[claim.reduce](values)
@@ -138,11 +142,13 @@ def claim_values(logs: ModuleType, logset: Any, device: str,
 def _over_sibling(logs: ModuleType, logset: Any, key: Any, row: dict[str, Any], value: float,
                   claim: Claim) -> float | str:
     """``value`` over the metric of backend ``claim.relative_to`` in the cell whose name
-    differs from ``key`` only by that backend (NS where there is none)."""
+    differs from ``key`` only by that backend: the log name is the row's backend (attn)
+    or the backend and a ``-`` suffix (e2e: ``full-b1-eager``). NS where there is none."""
     backend = str(row.get("backend", ""))
-    if not backend or not key.system.startswith(backend):
+    suffix = key.system[len(backend):]
+    if not backend or not key.system.startswith(backend) or suffix[:1] not in ("", "-"):
         return "NS"
-    sibling = logset.cells.get(replace(key, system=claim.relative_to + key.system[len(backend):]))
+    sibling = logset.cells.get(replace(key, system=claim.relative_to + suffix))
     rows = [r for r in sibling.rows if r.get("backend") == claim.relative_to] if sibling else []
     base = logs.number(rows[0], claim.metric) if rows else "NS"
     if not isinstance(base, float):
