@@ -119,6 +119,9 @@ def test_relative_to_divides_by_the_sibling_log_as_it_stands(tmp_path: Path) -> 
     assert values == {("A", "1", "full-b1-eager"): 3.0, ("A", "2", "full-b1-eager"): 1.5,
                       ("A", "1", "full-b8-eager"): "OOM", ("B", "1", "full-b1-eager"): "NS",
                       ("C", "1", "fullx-b1-eager"): "NS"}
+    claim.only = {"resolution": ["2"]}  # only: a name-part allowlist
+    only = check.claim_values(parser, parser.load_dir(logs, figure="fig"), "h200", claim)
+    assert only == {("A", "2", "full-b1-eager"): 1.5}
 
 
 def test_relative_to_on_attn_names_and_failures_before_ns(tmp_path: Path) -> None:
@@ -139,10 +142,13 @@ def test_relative_to_on_attn_names_and_failures_before_ns(tmp_path: Path) -> Non
     assert values == {("M", "1"): 3.0, ("M", "2"): "FAIL"}
 
 
-def test_relative_to_must_name_a_backend(tmp_path: Path) -> None:
+def test_relative_to_and_only_are_validated(tmp_path: Path) -> None:
     claims = tmp_path / "claims.json"
     claims.write_text(json.dumps({"claims": [{**CLAIM, "relative_to": ""}]}))
     with pytest.raises(SparseVitError, match="relative_to"):
+        check.load_claims(claims)
+    claims.write_text(json.dumps({"claims": [{**CLAIM, "only": {"colour": ["red"]}}]}))
+    with pytest.raises(SparseVitError, match="'only'"):
         check.load_claims(claims)
 
 

@@ -1,7 +1,8 @@
 """``make check``: do fresh logs reproduce the backup logs, claim by claim?
 
 Each claim of ``ae/claims.json`` names a figure, a RESULT field (``metric``), which rows
-count (``rows``: field values to match; ``exclude_systems``), how cells group (``per``:
+count (``rows``: field values to match; ``exclude_systems``; ``only``: allowed values of
+name parts, e.g. resolutions), how cells group (``per``:
 name parts such as model and resolution) and reduce (``reduce``: min, max, median, or
 one for a single value), and a relative ``tolerance``. With ``relative_to`` (a backend
 name) a row's value is its metric over the same metric of that backend's cell of the same
@@ -54,6 +55,7 @@ class Claim:
     reduce: str = "one"
     rows: dict[str, Any] = field(default_factory=dict)
     exclude_systems: tuple[str, ...] = ()
+    only: dict[str, list[str]] = field(default_factory=dict)
     relative_to: str | None = None
     why: str = ""
 
@@ -102,6 +104,10 @@ def load_claims(path: Path) -> list[Claim]:
         if bad or c.reduce not in (*REDUCERS, "one") or not c.tolerance > 0:
             raise SparseVitError(f"{path}: claim {c.id}: 'per' takes {NAME_PARTS}, 'reduce' "
                                  f"one of {(*REDUCERS, 'one')}, 'tolerance' > 0")
+        if not isinstance(c.only, dict) or any(
+                p not in NAME_PARTS or not isinstance(v, list) for p, v in c.only.items()):
+            raise SparseVitError(f"{path}: claim {c.id}: 'only' maps name parts {NAME_PARTS} "
+                                 "to lists of values")
         if c.relative_to is not None and not (isinstance(c.relative_to, str) and c.relative_to):
             raise SparseVitError(f"{path}: claim {c.id}: 'relative_to' must name a backend")
         claims.append(c)
@@ -120,7 +126,8 @@ def claim_values(logs: ModuleType, logset: Any, device: str,
     for key, cell in logset.cells.items():
         if key.figure != claim.figure or key.device != device:
             continue
-        if key.system in claim.exclude_systems:
+        if key.system in claim.exclude_systems or any(
+                getattr(key, part) not in values for part, values in claim.only.items()):
             continue
         group = tuple(getattr(key, part) for part in claim.per)
         for row in cell.rows:
