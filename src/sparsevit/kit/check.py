@@ -2,14 +2,14 @@
 
 Each claim of ``ae/claims.json`` names a figure, a RESULT field (``metric``), which rows
 count (``rows``: field values to match; ``exclude_systems``; ``only``: allowed values of
-name parts, e.g. resolutions), how cells group (``per``:
-name parts such as model and resolution) and reduce (``reduce``: min, max, median, or
-one for a single value), and a relative ``tolerance``. With ``relative_to`` (a backend
-name) a row's value is its metric over the same metric of that backend's cell of the same
-model, resolution and run mode (the log whose name has the row's backend swapped for it):
-ratios are taken from the logs as they stand, not from a ratio a log wrote when the other
-backend's log was an older one. Per group it prints the backup
-value, the fresh value and fresh / backup; the claim's verdict is
+name parts, e.g. resolutions), how cells group (``per``: name parts such as model and
+resolution) and reduce (``reduce``: min, max, median, or one for a single value), and a
+relative ``tolerance``. With ``relative_to`` (a backend name) a row's value is its metric
+over the same metric of that backend's log of the same model, resolution and run mode
+(the log whose name has the row's backend swapped for it): ratios come from the logs as
+they stand, not from a ratio a log wrote against an older run of the other backend. Per
+group it prints the backup value, the fresh value and fresh / backup; the claim's
+verdict is
 
 - reproduced: every group of the backup logs has a fresh value within the tolerance;
 - differs: some group is outside it (or its cell is OOM/TLE/FAIL now): listed;
