@@ -305,9 +305,9 @@ def test_one_loop_and_three_loops_agree(name: str) -> None:
 
 @pytest.mark.parametrize(("name", "tile"), [("dynamicvit", (16, 32)), ("dynamicvit", (32, 16)),
                                             ("dense", (32, 32))])
-def test_dense_rectangles_in_vendor_kernel(name: str, tile: tuple[int, int]) -> None:
-    """Query blocks attending one key range in full run as dense SDPA (none of their work
-    items remain); the rest runs tile by tile. Both forms give the reference. A fully
+def test_dense_rectangles_in_a_dense_kernel(name: str, tile: tuple[int, int]) -> None:
+    """Query blocks attending one key range in full run in the dense kernel (none of their
+    work items remain); the rest runs tile by tile. Both forms give the reference. A fully
     dense graph leaves the block-sparse kernel nothing to launch."""
     graph = (sv.masks.dynamicvit((14, 14), keep=0.5) if name == "dynamicvit"
              else sv.masks.from_matrix(np.ones((128, 128), bool)))

@@ -104,9 +104,10 @@ def test_padded_runs_gathered_by_bulk_copies(name, monkeypatch) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("ordered", [False, True])
-def test_dense_rectangle_in_vendor_kernel(ordered) -> None:
-    """DynamicViT's kept-token clique runs in SDPA beside the block-sparse remainder (on a
-    side stream) and gives the tile path's result within bf16 tolerance, in both forms."""
+def test_dense_rectangle_in_a_dense_kernel(ordered) -> None:
+    """DynamicViT's kept-token clique runs in a dense kernel beside the block-sparse
+    remainder (on a side stream) and gives the tile path's result within bf16 tolerance,
+    in both forms and with either dense engine."""
     g = CASES["DynamicViT"][0]()
     kw = dict(reorder="rcm", heads=12, head_dim=64, device="cuda", num_warps=4, num_stages=2)
     vendor, tiles_only = sv.plan(g, dense=True, **kw), sv.plan(g, dense=False, **kw)
@@ -115,16 +116,20 @@ def test_dense_rectangle_in_vendor_kernel(ordered) -> None:
     n = vendor.n_positions if ordered else g.n_tokens
     q, k, v = (torch.randn(1, 12, n, 64, device="cuda", dtype=torch.bfloat16)
                for _ in range(3))
-    a = sv.attention(q, k, v, vendor, ordered=ordered).float()
     b = sv.attention(q, k, v, tiles_only, ordered=ordered).float()
-    assert ((a - b).norm() / b.norm()).item() < 1e-2
+    for engine in ("vendor", "64x128/w4/s3"):
+        vendor.config["dense_kernel"] = engine
+        a = sv.attention(q, k, v, vendor, ordered=ordered).float()
+        assert ((a - b).norm() / b.norm()).item() < 1e-2, engine
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("ordered", [False, True])
-def test_all_dense_graph_runs_in_cudnn_alone(ordered) -> None:
-    """A graph that is one dense rectangle launches no block-sparse kernel; the rectangle
-    goes straight to cuDNN's attention op (no SDPA dispatch), on the current stream."""
+def test_all_dense_graph_runs_in_a_dense_kernel_alone(ordered) -> None:
+    """A graph that is one dense rectangle launches no block-sparse kernel; the plan
+    timed our dense kernel against cuDNN's attention op (called directly, no SDPA
+    dispatch) and kept the faster; both engines give the reference, on the current
+    stream."""
     import sparsevit.ops as ops
 
     device = torch.device("cuda", torch.cuda.current_device())
@@ -133,11 +138,16 @@ def test_all_dense_graph_runs_in_cudnn_alone(ordered) -> None:
     plan = sv.plan(sv.masks.dense(n), reorder="none", heads=12, head_dim=64, device="cuda",
                    num_warps=4, num_stages=2, pad=False, dense=True)
     assert plan.items.qb.shape[0] == 0 and plan.dense.tolist() == [[0, n, 0, n]]
+    timed = plan.config["dense_tuned_us"]
+    assert set(timed) == {ops.VENDOR, *ops.DENSE_CONFIGS}
+    assert plan.config["dense_kernel"] == min(timed, key=lambda c: timed[c])
     q, k, v = (torch.randn(1, 12, n, 64, device="cuda", dtype=torch.bfloat16)
                for _ in range(3))
-    out = sv.attention(q, k, v, plan, ordered=ordered).float()
     ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float())
-    assert ((out - ref).norm() / ref.norm()).item() < 1e-2
+    for engine in (ops.VENDOR, ops.DENSE_CONFIGS[0]):
+        plan.config["dense_kernel"] = engine
+        out = sv.attention(q, k, v, plan, ordered=ordered).float()
+        assert ((out - ref).norm() / ref.norm()).item() < 1e-2, engine
 
 
 @pytest.mark.gpu
@@ -183,8 +193,9 @@ def test_attention_replays_from_a_cuda_graph(ordered) -> None:
     from sparsevit import timing
 
     g = sv.masks.dynamicvit((32, 32), keep=0.343, seed=0)
+    # Unpadded, the clique's last query block mixes kept and dropped rows: a split block.
     plan = sv.plan(g, reorder="rcm", heads=12, head_dim=64, device="cuda", dense=True,
-                   num_warps=4, num_stages=2, max_tiles=4)
+                   num_warps=4, num_stages=2, max_tiles=4, pad=False)
     assert plan.items.split_qb.shape[0] and plan.dense.shape[0]
     n = plan.n_positions if ordered else g.n_tokens
     q, k, v = (torch.randn(1, 12, n, 64, device="cuda", dtype=torch.bfloat16)

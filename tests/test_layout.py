@@ -9,6 +9,7 @@ import scipy.sparse as sp
 import sparsevit as sv
 from sparsevit import layout, planner
 from sparsevit import reorder as reorder_mod
+from sparsevit.graph import CLS
 
 
 def brute_groups(adj: np.ndarray) -> list[int]:
@@ -52,6 +53,21 @@ def test_global_tokens_get_their_own_block_and_edges_survive() -> None:
     b = moved.tocoo()
     assert {(positions[r], positions[c]) for r, c in zip(a.row, a.col, strict=True)} == \
         set(zip(b.row.tolist(), b.col.tolist(), strict=True))
+
+
+def test_cls_inside_a_closed_group_stays_with_it() -> None:
+    """DynamicViT's cls token belongs to the kept-token clique: no block of its own, so
+    the clique pads to whole query blocks and the dense rectangle covers all its rows."""
+    g = sv.masks.dynamicvit((20, 20), keep=0.3)
+    ordered = reorder_mod.apply(g, reorder_mod.get("rcm")(g))
+    assert ordered.kind[0] == CLS  # the lead rule would apply
+    clique = 1 + g.params["kept_tokens"]
+    positions, n_pos = layout.pad_positions(ordered, (32, 32))
+    assert positions[:clique].tolist() == list(range(clique))  # cls kept in place
+    assert positions[clique] == -(-clique // 32) * 32  # the first dropped token
+    lay = planner.tile_layout(ordered, (32, 32), "auto")
+    assert lay.n_positions == n_pos
+    assert planner.find_dense(lay.tiles, True).tolist() == [[0, positions[clique], 0, clique]]
 
 
 def test_small_groups_pack_without_padding() -> None:

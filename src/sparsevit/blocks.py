@@ -119,7 +119,7 @@ def dense_spans(tiles: TileSet, min_rows: int = 1, min_keys: int = 1) -> np.ndar
     """Runs of query blocks whose rows all attend one contiguous key range, every key of
     it: (k, 4) int64 rows [r0, r1) and keys [c0, c1) in positions (rows clipped to
     ``n_tokens``), at least ``min_rows`` x ``min_keys``. Such a rectangle is plain dense
-    attention, which a vendor kernel can run (``sv.plan(..., dense=...)``).
+    attention, which a dense kernel can run (``sv.plan(..., dense=...)``).
 
     A block qualifies when its tiles cover consecutive key blocks, all full except the
     two ends, which may be column tiles whose shared bits run from the interior edge (the

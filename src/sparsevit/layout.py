@@ -93,9 +93,11 @@ def pad_positions(graph: AttentionGraph, tile: tuple[int, int]) -> tuple[np.ndar
     """
     unit = min(tile)
     n = graph.n_tokens
+    m = graph.matrix
     special = np.isin(graph.kind, (GLOBAL, CLS))
     n_lead = int(np.argmin(special)) if not special.all() else n
-    m = graph.matrix
+    if 0 < n_lead < n and closed_groups(m)[1] < n:
+        n_lead = 0  # the lead belongs to a closed group (DynamicViT's cls in its clique)
     rest = (m.window(np.arange(n_lead, n)) if isinstance(m, FactoredAdjacency)
             else m[n_lead:, n_lead:].tocsr())
     # Padding goes in at the edges of long groups and long runs: the cursor is rounded up

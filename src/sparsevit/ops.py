@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
+import numpy as np
 import torch
+import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.functional import scaled_dot_product_attention
+from triton.runtime.errors import OutOfResources
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from sparsevit.errors import SparseVitError
 from sparsevit.kernels.block_sparse_attn import LOG2E, block_sparse_attn_fwd
+from sparsevit.kernels.dense_attn import dense_attn_fwd
 from sparsevit.kernels.gather_rows import gather_rows, scatter_rows
 from sparsevit.planner import Plan
 from sparsevit.profile import register_budget
@@ -54,6 +59,12 @@ TMA_MAXNREG_MIN_UNITS = 2048
 # 5,620-token dense block (bf16, 12 heads, d=64) in 230 µs on an H200, SDPA's flash in 309.
 DENSE_BACKENDS = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
                   SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+VENDOR = "vendor"
+# Launch configs of our dense kernel (``kernels.dense_attn``) that ``choose_dense_kernel``
+# times against the vendor's. H200, bf16, 12 heads, d=64, 5,621 x 5,621 tokens: 64x128
+# w4/s3 217 µs, 128x128 w4/s3 225, 64x64 w4/s3 233, 64x128 w4/s2 231 (cuDNN 230).
+DENSE_CONFIGS = ("64x128/w4/s3", "128x128/w4/s3", "64x64/w4/s3", "64x128/w4/s2")
+CPU_DENSE_CONFIG = "64x64/w4/s1"  # the interpreter: any tile, one stage
 
 
 @functools.cache
@@ -80,19 +91,91 @@ def _vendor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         return scaled_dot_product_attention(q, k, v, scale=scale)
 
 
+def _parse_launch(config: str) -> tuple[int, int, int, int]:
+    """'64x128/w4/s3' -> (BM, BN, warps, stages)."""
+    tile, warps, stages = config.split("/")
+    bm, bn = tile.split("x")
+    return int(bm), int(bn), int(warps[1:]), int(stages[1:])
+
+
+def _triton_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                  scale: float, config: str, row0: int = 0,
+                  out_rows: torch.Tensor | None = None) -> None:
+    """Dense attention of q's rows over k, v's keys (B, H, rows/keys, D) into ``out``'s
+    rows ``row0 + r`` (or ``out_rows[r]``) with our kernel, launch ``config``."""
+    bm, bn, warps, stages = _parse_launch(config)
+    if not _tma_ready(q, k, v):
+        q, k, v = (t.contiguous() for t in (q, k, v))
+    bsz, heads, n_rows, d = q.shape
+    qd, kd, vd = (TensorDescriptor.from_tensor(t, [1, 1, rows, d])
+                  for t, rows in ((q, bm), (k, bn), (v, bn)))
+    dense_attn_fwd[(triton.cdiv(n_rows, bm), bsz * heads)](
+        qd, kd, vd, out, out if out_rows is None else out_rows, row0, n_rows, k.shape[2],
+        heads, scale * LOG2E, *out.stride()[:3],
+        BM=bm, BN=bn, HEAD_DIM=d, SCATTER=out_rows is not None, STAGES=stages,
+        num_warps=warps, num_stages=stages)
+
+
+def _dense_engine(plan: Plan, q: torch.Tensor) -> str:
+    """The plan's choice (``choose_dense_kernel``); the vendor's where none was made on a
+    GPU; our kernel in the CPU interpreter."""
+    if not q.is_cuda:
+        return CPU_DENSE_CONFIG
+    return plan.config.get("dense_kernel", VENDOR)
+
+
 def _dense_rectangles(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                       plan: Plan, ordered: bool, scale: float) -> None:
     """Write the plan's dense rectangles (rows attending one key range in full) into
-    ``out`` with the vendor's dense attention."""
+    ``out`` with our dense kernel or the vendor's, as the plan chose."""
+    engine = _dense_engine(plan, q)
     for i, (r0, r1, c0, c1) in enumerate(plan.dense.tolist()):
         if ordered:
-            out[:, :, r0:r1] = _vendor_attention(q[:, :, r0:r1], k[:, :, c0:c1],
-                                                 v[:, :, c0:c1], scale)
-        else:
-            rows, keys = plan.dense_tokens[i]
-            scatter_rows(out, rows, _vendor_attention(
-                gather_rows(q, rows, 2), gather_rows(k, keys, 2), gather_rows(v, keys, 2),
-                scale), 2)
+            qs, ks, vs = q[:, :, r0:r1], k[:, :, c0:c1], v[:, :, c0:c1]
+            if engine == VENDOR:
+                out[:, :, r0:r1] = _vendor_attention(qs, ks, vs, scale)
+            else:
+                _triton_dense(qs, ks, vs, out, scale, engine, row0=r0)
+            continue
+        rows, keys = plan.dense_tokens[i]
+        qs, ks, vs = (gather_rows(t, idx, 2) for t, idx in ((q, rows), (k, keys), (v, keys)))
+        if engine == VENDOR:
+            scatter_rows(out, rows, _vendor_attention(qs, ks, vs, scale), 2)
+        else:  # rows written in place: no scatter pass
+            _triton_dense(qs, ks, vs, out, scale, engine, out_rows=rows)
+
+
+def choose_dense_kernel(spans: np.ndarray, batch: int, heads: int, head_dim: int,
+                        dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
+    """Time the vendor's dense attention and each of DENSE_CONFIGS on the largest of
+    ``spans`` (rows [r0, r1), keys [c0, c1)), plan-ordered random inputs; the fastest
+    becomes the plan's ``dense_kernel``. Cached per shape."""
+    r0, r1, c0, c1 = max(spans.tolist(), key=lambda s: (s[1] - s[0]) * (s[3] - s[2]))
+    return dict(_timed_dense(r1 - r0, c1 - c0, batch, heads, head_dim, dtype, device))
+
+
+@functools.cache
+def _timed_dense(n_rows: int, n_keys: int, batch: int, heads: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device) -> tuple[tuple[str, Any], ...]:
+    from sparsevit import timing
+
+    q = torch.randn(batch, heads, n_rows, head_dim, device=device, dtype=dtype)
+    k, v = (torch.randn(batch, heads, n_keys, head_dim, device=device, dtype=dtype)
+            for _ in range(2))
+    out = torch.empty(batch, n_rows, heads, head_dim, device=device, dtype=dtype).transpose(1, 2)
+    scale = 1.0 / math.sqrt(head_dim)
+    runs = {VENDOR: lambda: _vendor_attention(q, k, v, scale)}
+    for config in DENSE_CONFIGS:
+        runs[config] = functools.partial(_triton_dense, q, k, v, out, scale, config)
+    timings: dict[str, Any] = {}
+    for name, run in runs.items():
+        try:
+            timings[name] = round(timing.bench(run, warmup_ms=10, rep_ms=30)["median_us"], 2)
+        except OutOfResources:  # e.g. 128-wide tiles at head_dim 128 in fp32
+            timings[name] = "out of resources"
+    measured = {name: us for name, us in timings.items() if not isinstance(us, str)}
+    return (("dense_kernel", min(measured, key=measured.__getitem__)),
+            ("dense_tuned_us", timings))
 
 
 def _tickets(plan: Plan, n_bh: int, device: torch.device) -> torch.Tensor:
@@ -196,12 +279,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan,
     if tma and n_units >= TMA_MAXNREG_MIN_UNITS and _fits_maxnreg(tiles.bm, tiles.bn, d, warps):
         maxnreg = min(maxnreg, TMA_MAXNREG)
     # The dense rectangles run beside the block-sparse launch, on a side stream that
-    # starts once the inputs are ready: the two write disjoint rows, and the vendor kernel
-    # fills the SMs around the (short, queued first) remainder. Alone, they stay on the
-    # current stream (no stream switch to pay for on the host).
+    # starts once the inputs are ready: the two write disjoint rows. Launched first, the
+    # long dense kernel takes the SMs and the short remainder fills them as its last wave
+    # drains. Alone, they stay on the current stream (no stream switch on the host).
     side = _side_stream(q.device) if plan.dense.shape[0] and q.is_cuda and grid else None
     if side is not None:
         side.wait_stream(torch.cuda.current_stream(q.device))
+        with torch.cuda.stream(side):
+            _dense_rectangles(q, k, v, out, plan, ordered, scale)
+    elif plan.dense.shape[0]:
+        _dense_rectangles(q, k, v, out, plan, ordered, scale)
     if grid:  # no work items when dense rectangles cover every query block
         block_sparse_attn_fwd[(grid,)](
             qd, kd, vd, k, v, out, ws, ws_rows, plan.perm,
@@ -219,9 +306,5 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan,
             **({"maxnreg": maxnreg} if maxnreg < 255 else {}),
         )
     if side is not None:
-        with torch.cuda.stream(side):
-            _dense_rectangles(q, k, v, out, plan, ordered, scale)
         torch.cuda.current_stream(q.device).wait_stream(side)
-    elif plan.dense.shape[0]:
-        _dense_rectangles(q, k, v, out, plan, ordered, scale)
     return out

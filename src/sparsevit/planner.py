@@ -220,8 +220,9 @@ class Plan:
     # of prog_units (unit = item * units_bh + batch*head); None = one program per unit.
     programs: tuple[np.ndarray, np.ndarray] | None = None
     units_bh: int | None = None  # batch * heads the schedule's units were laid out for
-    # Dense rectangles run by the vendor kernel instead: rows [r0, r1), keys [c0, c1) in
-    # positions, one row each; their query blocks have no work items.
+    # Dense rectangles run by a dense kernel instead (ours or the vendor's, as
+    # config["dense_kernel"] says): rows [r0, r1), keys [c0, c1) in positions, one row
+    # each; their query blocks have no work items.
     dense: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))
     # Per (batch*heads, stream): the split blocks' arrival counters (``ops.attention``).
     tickets: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
@@ -280,7 +281,7 @@ class Plan:
 
 
 TILE_CANDIDATES = ((64, 64), (128, 64), (32, 64), (128, 128), (64, 32))
-# With dense="auto", dense rectangles of at least this many rows and keys go to the vendor
+# With dense="auto", dense rectangles of at least this many rows and keys go to a dense
 # kernel (tuning keeps them only where that is faster). DynamicViT at 2048 px: 5,568 x
 # 5,621 tokens of its 16,385.
 DENSE_MIN_TOKENS = 1024
@@ -329,7 +330,7 @@ def _device_arrays(tiles: TileSet, items: WorkItems, device: torch.device,
 
 
 def find_dense(tiles: TileSet, dense: str | bool) -> np.ndarray:
-    """The dense rectangles (``dense_spans``) a plan hands to the vendor kernel: none
+    """The dense rectangles (``dense_spans``) a plan hands to a dense kernel: none
     (False), all (True) or those of at least DENSE_MIN_TOKENS rows and keys ("auto")."""
     _check_dense(dense)
     if dense is False:
@@ -392,8 +393,9 @@ def plan(graph: AttentionGraph, reorder: str = "hilbert", tile: str | tuple[int,
     ``plan.n_positions`` then exceeds the token count by the padding positions.
 
     ``dense`` (see ``find_dense``): query blocks whose rows attend one contiguous key range
-    in full (DynamicViT's kept tokens) run as dense attention in the vendor kernel (SDPA)
-    instead of tile by tile. With "auto", tuning times each config with and without them.
+    in full (DynamicViT's kept tokens) run as dense attention instead of tile by tile, in
+    our dense kernel or the vendor's, whichever ``ops.choose_dense_kernel`` times faster
+    on a GPU. With "auto", tuning times each config with and without them.
     """
     if head_dim not in HEAD_DIMS:
         raise SparseVitError(f"head_dim must be one of {HEAD_DIMS}, got {head_dim}")
@@ -420,7 +422,7 @@ def plan(graph: AttentionGraph, reorder: str = "hilbert", tile: str | tuple[int,
         chosen = _resolve_schedule(schedule, reordered, profile, batch, heads, head_dim, dtype,
                                    pad)
         return _scheduled_plan(chosen, graph, reordered, perm, reorder, device, heads, head_dim,
-                               batch, pad)
+                               batch, dtype, pad)
     tune = device.type == "cuda" and (auto_tile or num_warps is None or num_stages is None)
     best: Plan | None = None
     timings: dict[str, float] = {}
@@ -444,6 +446,7 @@ def plan(graph: AttentionGraph, reorder: str = "hilbert", tile: str | tuple[int,
                     {"tile": f"{bm}x{bn}", "num_warps": warps, "num_stages": stages,
                      "one_loop": one_loop(lay.tiles), "padded": lay.n_positions != graph.n_tokens,
                      "dense": vendor.tolist(),
+                     **_dense_kernel(vendor, batch, heads, head_dim, dtype, device),
                      **({"tuned_ordered": form} if tune else {}),
                      **({"reorder_tiles": reorder_tiles} if reorder_tiles else {})},
                     dense=vendor)
@@ -518,7 +521,7 @@ def _assemble(graph: AttentionGraph, ordered: AttentionGraph, perm: np.ndarray, 
 
 def _scheduled_plan(sched: Any, graph: AttentionGraph, ordered: AttentionGraph,
                     perm: np.ndarray, reorder: str, device: torch.device, heads: int,
-                    head_dim: int, batch: int, pad: str | bool) -> Plan:
+                    head_dim: int, batch: int, dtype: torch.dtype, pad: str | bool) -> Plan:
     """The plan a T4 schedule describes, checked against this graph and launch."""
     if (sched.n_tokens, sched.batch, sched.heads, sched.head_dim) != (
             graph.n_tokens, batch, heads, head_dim):
@@ -552,9 +555,21 @@ def _scheduled_plan(sched: Any, graph: AttentionGraph, ordered: AttentionGraph,
               "schedule": sched.method, "predicted_us": sched.predicted_us,
               "programs_per_sm": cfg.get("programs_per_sm"),
               "programs": None if programs is None else int(programs[0].shape[0] - 1),
-              "dense": vendor.tolist()}
+              "dense": vendor.tolist(),
+              **_dense_kernel(vendor, batch, heads, head_dim, dtype, device)}
     return _assemble(graph, ordered, perm, reorder, lay, items, device, heads, head_dim, config,
                      programs, batch * heads, vendor)
+
+
+def _dense_kernel(spans: np.ndarray, batch: int, heads: int, head_dim: int,
+                  dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
+    """Which kernel runs the dense rectangles (``ops.choose_dense_kernel``: timed on a
+    GPU); nothing to choose without rectangles or off the GPU."""
+    if not spans.size or device.type != "cuda":
+        return {}
+    from sparsevit.ops import choose_dense_kernel
+
+    return choose_dense_kernel(spans, batch, heads, head_dim, dtype, device)
 
 
 def _time_plan(candidate: Plan, batch: int, dtype: torch.dtype, ordered: bool) -> float:
