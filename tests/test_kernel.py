@@ -1,8 +1,9 @@
 """The block-sparse kernel against an fp64 dense masked-softmax reference.
 
 Runs the real Triton kernel: on the CPU through TRITON_INTERPRET=1 (set by `make test`),
-on a GPU when one is present. bf16 is checked on the GPU only (tests/test_kernel_gpu.py):
-the CPU interpreter has no bf16 arithmetic.
+on a GPU when one is present. The bf16 kernel is checked on the GPU only
+(tests/test_kernel_gpu.py): the CPU interpreter has no bf16 arithmetic, so on the CPU
+``sv.attention`` runs bf16 inputs in fp32.
 """
 
 from __future__ import annotations
@@ -279,6 +280,21 @@ def test_kernel_bitmasks_interleave_columns(nw: int, rows_per_pass: int,
     col = np.arange(32 * nw)
     got = (dev[:, :, col % nw] >> (col // nw).astype(np.uint32)) & 1
     assert (got.astype(bool) == bits).all()
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+def test_bf16_matches_fp32(ordered: bool) -> None:
+    """bf16 inputs give the fp32 result within bf16 rounding, in (B, N, H, D) memory (the
+    interpreter computes them in fp32: it has no bf16 arithmetic)."""
+    g = sv.masks.vision_longformer((10, 10), window=3)
+    plan = sv.plan(g, reorder="hilbert", tile=(32, 32), heads=2, head_dim=32, device=DEVICE)
+    q, k, v = (torch.randn(1, 2, g.n_tokens, 32).to(DEVICE) for _ in range(3))
+    if ordered:
+        q, k, v = (plan.permute(t) for t in (q, k, v))
+    ref = sv.attention(q, k, v, plan, ordered=ordered)
+    out = sv.attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), plan, ordered=ordered)
+    assert out.dtype == torch.bfloat16 and out.transpose(1, 2).is_contiguous()
+    assert rel_err(out.float(), ref) < 1e-2
 
 
 def test_scale_must_be_positive() -> None:

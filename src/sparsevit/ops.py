@@ -236,10 +236,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan,
     and the kernel gathers rows through the plan's permutation (no extra memory pass);
     with ``ordered=True`` they are already in plan order (see ``Plan.permute``), as a
     model that reorders tokens once keeps them. Rows that attend to nothing give zeros.
+    On the CPU (the Triton interpreter) bf16 inputs are computed in fp32.
     The result is the (B, H, N, D) view of a (B, N, H, D) tensor (heads interleaved per
     token, like SDPA's flash output).
     """
     _check(q, k, v, plan, ordered)
+    if not q.is_cuda and q.dtype == torch.bfloat16:
+        # The CPU interpreter has no bf16 arithmetic (its loads read garbage): run in
+        # fp32 and round once at the end.
+        return attention(q.float(), k.float(), v.float(), plan, ordered, scale).to(q.dtype)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     bsz, heads, n, d = q.shape
     # O in (B, N, H, D) memory, returned as its (B, H, N, D) view, as SDPA's flash and
