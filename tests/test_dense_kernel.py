@@ -63,3 +63,35 @@ def test_dense_kernel_scatters_rows() -> None:
 def test_launch_configs_parse() -> None:
     assert ops._parse_launch("64x128/w4/s3") == (64, 128, 4, 3)
     assert all(len(ops._parse_launch(c)) == 4 for c in ops.DENSE_CONFIGS)
+
+
+def test_unaligned_inputs_fall_back_to_the_vendor_kernel() -> None:
+    """Inputs the copy engine cannot address (a base off the 16-byte grid) run the
+    rectangle in the vendor's kernel instead of failing."""
+    import sparsevit as sv
+
+    n, d = 64, 32
+    plan = sv.plan(sv.masks.dense(n), reorder="none", tile=(32, 32), heads=2, head_dim=d,
+                   device=DEVICE, pad=False, dense=True)
+    assert plan.dense.tolist() == [[0, n, 0, n]]
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1 + 2 * n * d, generator=gen).to(DEVICE)[1:].view(1, 2, n, d)
+               for _ in range(3))
+    assert not ops._tma_ready(q, k, v)
+    out = sv.attention(q, k, v, plan, ordered=True)
+    assert rel_err(out, reference(q, k, v, d ** -0.5)) < TOL[torch.float32]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA GPU")
+@pytest.mark.parametrize("config", ops.DENSE_CONFIGS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_timed_configs_match_reference_on_the_gpu(config, dtype, head_dim) -> None:
+    """Every config the plan may choose, at the launch it is timed with."""
+    gen = torch.Generator().manual_seed(head_dim)
+    q = torch.randn(1, 4, 300, head_dim, generator=gen).to(DEVICE, dtype)
+    k, v = (torch.randn(1, 4, 257, head_dim, generator=gen).to(DEVICE, dtype) for _ in range(2))
+    out = torch.empty(1, 300, 4, head_dim, device=DEVICE, dtype=dtype).transpose(1, 2)
+    ops._triton_dense(q, k, v, out, head_dim ** -0.5, config)
+    assert rel_err(out, reference(q, k, v, head_dim ** -0.5)) < 1e-2

@@ -84,7 +84,9 @@ def pad_positions(graph: AttentionGraph, tile: tuple[int, int]) -> tuple[np.ndar
     """(position of each token, number of positions) for tiles of ``tile``.
 
     The leading run of global / cls tokens becomes a block of its own (a whole tile in
-    both directions). In the rest, every closed group (``closed_groups``) and every run
+    both directions), unless it lies inside a closed group smaller than the graph
+    (DynamicViT's cls token in the kept-token clique): then it is one of that group's
+    tokens. In the rest, every closed group (``closed_groups``) and every run
     of identical rows (``identical_runs``) that is at least half a tile long starts and
     ends on a multiple of the smaller tile side; the tokens between such edges pack
     without padding. A long run inside a long closed group thus splits it into pieces

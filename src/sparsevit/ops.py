@@ -102,10 +102,9 @@ def _triton_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.
                   scale: float, config: str, row0: int = 0,
                   out_rows: torch.Tensor | None = None) -> None:
     """Dense attention of q's rows over k, v's keys (B, H, rows/keys, D) into ``out``'s
-    rows ``row0 + r`` (or ``out_rows[r]``) with our kernel, launch ``config``."""
+    rows ``row0 + r`` (or ``out_rows[r]``) with our kernel, launch ``config``. q, k and v
+    must be ``_tma_ready`` (bulk copies)."""
     bm, bn, warps, stages = _parse_launch(config)
-    if not _tma_ready(q, k, v):
-        q, k, v = (t.contiguous() for t in (q, k, v))
     bsz, heads, n_rows, d = q.shape
     qd, kd, vd = (TensorDescriptor.from_tensor(t, [1, 1, rows, d])
                   for t, rows in ((q, bm), (k, bn), (v, bn)))
@@ -132,17 +131,28 @@ def _dense_rectangles(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: to
     for i, (r0, r1, c0, c1) in enumerate(plan.dense.tolist()):
         if ordered:
             qs, ks, vs = q[:, :, r0:r1], k[:, :, c0:c1], v[:, :, c0:c1]
-            if engine == VENDOR:
+            if not _ours(engine, qs, ks, vs, out, scale, row0=r0):
                 out[:, :, r0:r1] = _vendor_attention(qs, ks, vs, scale)
-            else:
-                _triton_dense(qs, ks, vs, out, scale, engine, row0=r0)
             continue
         rows, keys = plan.dense_tokens[i]
         qs, ks, vs = (gather_rows(t, idx, 2) for t, idx in ((q, rows), (k, keys), (v, keys)))
-        if engine == VENDOR:
+        if not _ours(engine, qs, ks, vs, out, scale, out_rows=rows):  # ours: no scatter pass
             scatter_rows(out, rows, _vendor_attention(qs, ks, vs, scale), 2)
-        else:  # rows written in place: no scatter pass
-            _triton_dense(qs, ks, vs, out, scale, engine, out_rows=rows)
+
+
+def _ours(engine: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+          scale: float, **rows: object) -> bool:
+    """Run the rectangle in our dense kernel if the plan chose it and it can: inputs the
+    copy engine can address, and a config that fits this dtype's shared memory (the plan
+    timed it on its own dtype; fp32 at head_dim 128 needs twice the bytes). False: the
+    caller runs the vendor's kernel."""
+    if engine == VENDOR or not _tma_ready(q, k, v):
+        return False
+    try:
+        _triton_dense(q, k, v, out, scale, engine, **rows)
+    except OutOfResources:
+        return False
+    return True
 
 
 def choose_dense_kernel(spans: np.ndarray, batch: int, heads: int, head_dim: int,
@@ -151,12 +161,13 @@ def choose_dense_kernel(spans: np.ndarray, batch: int, heads: int, head_dim: int
     ``spans`` (rows [r0, r1), keys [c0, c1)), plan-ordered random inputs; the fastest
     becomes the plan's ``dense_kernel``. Cached per shape."""
     r0, r1, c0, c1 = max(spans.tolist(), key=lambda s: (s[1] - s[0]) * (s[3] - s[2]))
-    return dict(_timed_dense(r1 - r0, c1 - c0, batch, heads, head_dim, dtype, device))
+    chosen, timings = _timed_dense(r1 - r0, c1 - c0, batch, heads, head_dim, dtype, device)
+    return {"dense_kernel": chosen, "dense_tuned_us": dict(timings)}  # the cache's own copy
 
 
 @functools.cache
 def _timed_dense(n_rows: int, n_keys: int, batch: int, heads: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device) -> tuple[tuple[str, Any], ...]:
+                 dtype: torch.dtype, device: torch.device) -> tuple[str, dict[str, Any]]:
     from sparsevit import timing
 
     q = torch.randn(batch, heads, n_rows, head_dim, device=device, dtype=dtype)
@@ -174,8 +185,7 @@ def _timed_dense(n_rows: int, n_keys: int, batch: int, heads: int, head_dim: int
         except OutOfResources:  # e.g. 128-wide tiles at head_dim 128 in fp32
             timings[name] = "out of resources"
     measured = {name: us for name, us in timings.items() if not isinstance(us, str)}
-    return (("dense_kernel", min(measured, key=measured.__getitem__)),
-            ("dense_tuned_us", timings))
+    return min(measured, key=measured.__getitem__), timings
 
 
 def _tickets(plan: Plan, n_bh: int, device: torch.device) -> torch.Tensor:

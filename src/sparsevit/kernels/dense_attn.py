@@ -17,8 +17,9 @@ Output rows go to ``row0 + r``, or with SCATTER to ``out_rows[r]`` (the gathered
 writes the caller's token order directly, without a scatter pass).
 
 Against cuDNN on the same rectangle (H200, bf16, 12 heads, d = 64, 5,621 x 5,621 tokens):
-64x128 tiles, 4 warps, 3 stages ran 217 µs against cuDNN's 230 (``ops.dense_kernel``
-times the candidates on each plan's rectangles and keeps the faster).
+64x128 tiles, 4 warps, 3 stages ran 217 µs against cuDNN's 230
+(``ops.choose_dense_kernel`` times the candidates on a plan's largest rectangle and
+keeps the faster).
 """
 
 from __future__ import annotations
