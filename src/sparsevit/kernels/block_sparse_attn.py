@@ -157,6 +157,13 @@ def _tile_step(q, k_src, v_src, b, h, stride_kn, stride_vn, kv0, row_map, n_pos,
     if APPLY_MASK:
         bitsel = 1 << (tl.arange(0, BN) // NW)
         s = _masked(s, words, bitsel[None, :], INLINE_PTX)
+    return softmax_step(s, v, m_i, l_i, acc, qk_scale)
+
+
+@triton.jit
+def softmax_step(s, v, m_i, l_i, acc, qk_scale):
+    """The online-softmax update (m, l, acc) with one tile's raw scores ``s`` (-inf where
+    masked) and values ``v``."""
     m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
     # A row that has seen no key yet keeps m = -inf; subtract 0 there so exp2 gives 0, not NaN.
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)

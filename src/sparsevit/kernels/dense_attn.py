@@ -3,7 +3,8 @@
 A plan's dense rectangles (rows that attend one contiguous key range in full:
 DynamicViT's kept-token clique) need no tile list and no mask: every program takes BM
 query rows of one (batch, head) and walks the keys [0, n_keys) in BN-wide tiles with the
-online softmax of ``block_sparse_attn`` (base-2 exponentials, fp32 statistics)::
+online softmax of ``block_sparse_attn`` (its ``softmax_step``: base-2 exponentials, fp32
+statistics)::
 
     m'  = max(m, rowmax(q k^T) * c)        c = scale * log2(e)
     p   = exp2(q k^T * c - m')
@@ -27,6 +28,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from sparsevit.kernels.block_sparse_attn import softmax_step
+
 
 @triton.jit
 def _key_tile(q, K, V, b, h, start, n_keys, m_i, l_i, acc, qk_scale, BN: tl.constexpr,
@@ -37,13 +40,8 @@ def _key_tile(q, K, V, b, h, start, n_keys, m_i, l_i, acc, qk_scale, BN: tl.cons
     s = tl.dot(q, tl.trans(k))
     if BOUND:
         s = tl.where((start + tl.arange(0, BN) < n_keys)[None, :], s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-    p = tl.math.exp2(s * qk_scale - m_new[:, None])
-    alpha = tl.math.exp2(m_i - m_new)
-    l_i = l_i * alpha + tl.sum(p, 1)
     v = V.load([b, h, start, 0]).reshape(BN, HEAD_DIM)
-    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
-    return m_new, l_i, acc
+    return softmax_step(s, v, m_i, l_i, acc, qk_scale)
 
 
 @triton.jit
