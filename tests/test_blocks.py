@@ -20,6 +20,7 @@ from sparsevit.blocks import (
     extract_tiles,
     grow_blocks,
     parse_tile,
+    self_only_spans,
 )
 from sparsevit.errors import SparseVitError
 
@@ -371,3 +372,37 @@ def test_dense_spans_size_limits_and_none_in_sparse_graphs() -> None:
     assert dense_spans(tiles, 1, 1).shape[0] == 1
     vl = masks.vision_longformer((16, 16), window=5)
     assert dense_spans(extract_tiles(vl.matrix, (16, 16)), 2, 2).shape == (0, 4)
+
+
+def test_self_only_spans_find_blocks_of_rows_attending_themselves() -> None:
+    """Whole query blocks whose every row attends itself alone, as row runs; a block with
+    an extra key, or a row attending nothing, stays tiled. The last block may be ragged."""
+    n = 70
+    eye = np.eye(n, dtype=bool)
+    assert self_only_spans(sp.csr_matrix(eye), 32).tolist() == [[0, 70]]
+    extra = eye.copy()
+    extra[40, 41] = True  # block 1 is not self-only
+    assert self_only_spans(sp.csr_matrix(extra), 32).tolist() == [[0, 32], [64, 70]]
+    empty = eye.copy()
+    empty[5, 5] = False  # a row with no keys: its output must be zero, not v
+    assert self_only_spans(sp.csr_matrix(empty), 32).tolist() == [[32, 70]]
+    shifted = np.roll(eye, 1, axis=1)  # one key per row, but not itself
+    assert self_only_spans(sp.csr_matrix(shifted), 32).size == 0
+    assert self_only_spans(sp.csr_matrix((0, 0), dtype=bool), 32).size == 0
+
+
+def test_self_only_spans_of_a_factored_graph() -> None:
+    """DynamicViT's graph is a biclique (kept tokens) beside a diagonal remainder (pruned
+    ones): the pruned tokens' blocks are found without expanding the biclique."""
+    g = masks.dynamicvit((8, 8), keep=0.5)
+    dense_rows = g.adjacency.toarray()
+    own = (dense_rows.sum(axis=1) == 1) & np.diag(dense_rows)
+    for bm in (1, 4):
+        spans = self_only_spans(g.matrix, bm)
+        got = np.zeros(g.n_tokens, bool)
+        for r0, r1 in spans.tolist():
+            got[r0:r1] = True
+        rows = np.ones(-(-g.n_tokens // bm) * bm, bool)  # rows past the end count as own
+        rows[:g.n_tokens] = own
+        expected = np.repeat(rows.reshape(-1, bm).all(axis=1), bm)[:g.n_tokens]
+        assert np.array_equal(got, expected) and got.any()

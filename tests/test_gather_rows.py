@@ -55,3 +55,13 @@ def test_layouts_without_a_row_view_fall_back_to_torch(launches):
     assert torch.equal(gather_rows(x, index, 1), x.index_select(1, index))
     assert gather_rows(x, index[:0], 1).shape == (6, 0, 5)
     assert not launches
+
+
+def test_copy_rows_at_moves_the_same_rows(launches):
+    g = torch.Generator().manual_seed(3)
+    src = torch.randn(2, 3, 41, 64, generator=g)
+    out = torch.zeros(2, 41, 3, 64).transpose(1, 2)  # heads interleaved, as attention's
+    index = torch.tensor([40, 3, 17, 0])
+    expected = torch.zeros(2, 3, 41, 64).index_copy_(2, index, src.index_select(2, index))
+    assert torch.equal(kernel.copy_rows_at(out, index, src, 2), expected)
+    assert len(launches) == 1

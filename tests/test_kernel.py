@@ -345,6 +345,27 @@ def test_dense_rectangles_in_a_dense_kernel(name: str, tile: tuple[int, int]) ->
         assert plan.items.qb.shape[0] == plan.tiles.n_query_blocks - plan.dense[0, 1] // tile[0]
 
 
+@pytest.mark.parametrize("tile", [(16, 16), (32, 16), (16, 32)])
+def test_self_only_rows_are_copied_from_v(tile: tuple[int, int]) -> None:
+    """DynamicViT's pruned tokens attend only themselves: their output is their value row,
+    copied (exactly), and their query blocks get no work items. Both forms give the
+    reference."""
+    graph = sv.masks.dynamicvit((14, 14), keep=0.5)
+    plan = sv.plan(graph, reorder="rcm", tile=tile, heads=2, head_dim=32, device=DEVICE,
+                   dense=True)
+    assert plan.self_rows.shape[0] >= 1
+    at = np.concatenate([np.arange(r0, r1) for r0, r1 in plan.self_rows.tolist()])
+    assert not np.isin(plan.items.qb, at // tile[0]).any()
+    assert plan.describe()["self_rows"] == at.size
+    q, k, v = (torch.randn(2, 2, graph.n_tokens, 32).to(DEVICE) for _ in range(3))
+    out = sv.attention(q, k, v, plan)
+    assert rel_err(out, reference(q, k, v, graph.adjacency)) < FP32_TOL
+    tokens = plan.perm[torch.as_tensor(at, device=plan.perm.device)]
+    assert torch.equal(out[:, :, tokens], v[:, :, tokens])
+    ordered = sv.attention(*(plan.permute(t) for t in (q, k, v)), plan, ordered=True)
+    assert torch.equal(plan.unpermute(ordered), out)
+
+
 def test_dense_option_checked_and_auto_keeps_small_rectangles_tiled() -> None:
     g = sv.masks.dynamicvit((14, 14), keep=0.5)
     with pytest.raises(SparseVitError, match="dense"):

@@ -171,6 +171,33 @@ def dense_spans(tiles: TileSet, min_rows: int = 1, min_keys: int = 1) -> np.ndar
     return np.asarray(runs, np.int64).reshape(-1, 4)
 
 
+def self_only_spans(adjacency: Adjacency | sp.spmatrix, bm: int) -> np.ndarray:
+    """Runs of BM-row query blocks whose every row attends itself alone: (k, 2) int64 rows
+    [r0, r1), the last clipped to N. Softmax over a single key is exactly 1, so such a
+    row's output is its own value row: a copy, not attention (DynamicViT's pruned
+    tokens). A padding row attends nothing, so its block does not qualify. Of a
+    ``FactoredAdjacency`` only the remainder's diagonal entries count (a biclique holding a
+    row's only key leaves the block tiled).
+    """
+    if isinstance(adjacency, FactoredAdjacency):
+        csr, row_nnz = adjacency.remainder, adjacency.row_nnz()
+    else:
+        csr = _canonical(adjacency)
+        row_nnz = np.diff(csr.indptr)
+    n = csr.shape[0]
+    first = csr.indices[np.minimum(csr.indptr[:-1], max(csr.nnz - 1, 0))] if csr.nnz else 0
+    own = (row_nnz == 1) & (np.diff(csr.indptr) == 1) & (first == np.arange(n))
+    n_qb = -(-n // bm)
+    rows = np.ones(n_qb * bm, bool)  # rows past the end: nobody reads them
+    rows[:n] = own
+    qbs = np.flatnonzero(rows.reshape(n_qb, bm).all(axis=1))
+    if qbs.size == 0:
+        return np.zeros((0, 2), np.int64)
+    starts = np.flatnonzero(np.diff(qbs, prepend=-2) != 1)
+    ends = qbs[np.append(starts[1:], qbs.size) - 1]
+    return np.stack([qbs[starts] * bm, np.minimum((ends + 1) * bm, n)], axis=1).astype(np.int64)
+
+
 def parse_tile(spec: str | tuple[int, int]) -> tuple[int, int]:
     """'64x64' or (64, 64) -> (64, 64), each side one of TILE_SIZES."""
     if isinstance(spec, str):

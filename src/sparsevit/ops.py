@@ -17,7 +17,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 from sparsevit.errors import SparseVitError
 from sparsevit.kernels.block_sparse_attn import LOG2E, block_sparse_attn_fwd
 from sparsevit.kernels.dense_attn import dense_attn_fwd
-from sparsevit.kernels.gather_rows import gather_rows, scatter_rows
+from sparsevit.kernels.gather_rows import copy_rows_at, gather_rows, scatter_rows
 from sparsevit.planner import Plan
 from sparsevit.profile import register_budget
 
@@ -60,6 +60,7 @@ TMA_MAXNREG_MIN_UNITS = 2048
 DENSE_BACKENDS = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
                   SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 VENDOR = "vendor"
+HALF_TYPES = (torch.float16, torch.bfloat16)
 # Launch configs of our dense kernel (``kernels.dense_attn``) that ``choose_dense_kernel``
 # times against the vendor's. H200, bf16, 12 heads, d=64, 5,621 x 5,621 tokens: 64x128
 # w4/s3 217 µs, 128x128 w4/s3 225, 64x64 w4/s3 233, 64x128 w4/s2 231 (cuDNN 230).
@@ -71,8 +72,10 @@ CPU_DENSE_CONFIG = "64x64/w4/s1"  # the interpreter: any tile, one stage
 def _cudnn_direct(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
     """Whether cuDNN's attention op takes such inputs. Called directly it skips SDPA's
     backend selection and the ``sdpa_kernel`` context: on an H200 host, 19 µs of host
-    time per call instead of 34 (1,024 tokens, 12 heads), which a short call waits on."""
-    if device.type != "cuda":
+    time per call instead of 34 (1,024 tokens, 12 heads), which a short call waits on.
+    fp16 and bf16 only: called directly it does not check the dtype as SDPA's selection
+    does (on an H200 it took fp32 inputs without an error and returned NaN)."""
+    if device.type != "cuda" or dtype not in HALF_TYPES:
         return False
     probe = torch.zeros(1, 1, 64, head_dim, device=device, dtype=dtype)
     try:
@@ -84,6 +87,10 @@ def _cudnn_direct(device: torch.device, dtype: torch.dtype, head_dim: int) -> bo
 
 def _vendor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                       scale: float) -> torch.Tensor:
+    # The vendors' kernels assume 16-byte aligned bases: on an H200, SDPA's memory-efficient
+    # kernel faulted (misaligned address) on fp32 inputs one element off the grid.
+    if not _tma_ready(q, k, v):
+        q, k, v = (t.clone(memory_format=torch.contiguous_format) for t in (q, k, v))
     if _cudnn_direct(q.device, q.dtype, q.shape[-1]):
         return torch.ops.aten._scaled_dot_product_cudnn_attention(
             q, k, v, None, False, scale=scale)[0]
@@ -293,17 +300,22 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan,
                if q.is_cuda and plan.config.get("programs_per_sm") else 255)
     if tma and n_units >= TMA_MAXNREG_MIN_UNITS and _fits_maxnreg(tiles.bm, tiles.bn, d, warps):
         maxnreg = min(maxnreg, TMA_MAXNREG)
-    # The dense rectangles run beside the block-sparse launch, on a side stream that
-    # starts once the inputs are ready: the two write disjoint rows. Launched first, the
-    # long dense kernel takes the SMs and the short remainder fills them as its last wave
-    # drains. Alone, they stay on the current stream (no stream switch on the host).
-    side = _side_stream(q.device) if plan.dense.shape[0] and q.is_cuda and grid else None
+    copies = plan.self_rows.shape[0] > 0
+    # The dense rectangles run beside the rest (block-sparse launch, self-only rows' copy),
+    # on a side stream that starts once the inputs are ready: they write disjoint rows.
+    # Launched first, the long dense kernel takes the SMs and the short rest fills them
+    # as its last wave drains. Alone, they stay on the current stream (no stream switch
+    # on the host).
+    side = (_side_stream(q.device) if plan.dense.shape[0] and q.is_cuda and (grid or copies)
+            else None)
     if side is not None:
         side.wait_stream(torch.cuda.current_stream(q.device))
         with torch.cuda.stream(side):
             _dense_rectangles(q, k, v, out, plan, ordered, scale)
     elif plan.dense.shape[0]:
         _dense_rectangles(q, k, v, out, plan, ordered, scale)
+    if copies:  # softmax over a single key is 1: O = V on those rows
+        copy_rows_at(out, a["self_positions"] if ordered else a["self_tokens"], v, 2)
     if grid:  # no work items when dense rectangles cover every query block
         block_sparse_attn_fwd[(grid,)](
             qd, kd, vd, k, v, out, ws, ws_rows, plan.perm,

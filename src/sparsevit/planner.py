@@ -20,7 +20,7 @@ from triton.runtime.errors import OutOfResources
 
 from sparsevit import layout
 from sparsevit import reorder as reorder_mod
-from sparsevit.blocks import TileSet, dense_spans, extract_tiles, parse_tile
+from sparsevit.blocks import TileSet, dense_spans, extract_tiles, parse_tile, self_only_spans
 from sparsevit.errors import SparseVitError
 from sparsevit.graph import AttentionGraph
 from sparsevit.kernels.block_sparse_attn import kernel_bitmasks
@@ -118,6 +118,9 @@ class Layout:
     tiles: TileSet
     positions: np.ndarray  # position of each token of the reordered graph
     n_positions: int
+    # Rows [r0, r1) of query blocks that attend only themselves (``self_only_spans``):
+    # copied from V, they get no work items.
+    self_rows: np.ndarray
 
 
 def tile_layout(graph: AttentionGraph, tile: tuple[int, int], pad: str | bool = "auto",
@@ -131,7 +134,7 @@ def tile_layout(graph: AttentionGraph, tile: tuple[int, int], pad: str | bool = 
 
     def unpadded() -> Layout:
         return Layout(order_tiles(extract_tiles(graph.matrix, tile, census=census)),
-                      np.arange(n), n)
+                      np.arange(n), n, self_only_spans(graph.matrix, tile[0]))
 
     if pad is False:
         return unpadded()
@@ -142,7 +145,7 @@ def tile_layout(graph: AttentionGraph, tile: tuple[int, int], pad: str | bool = 
     valid[positions] = True
     adj = layout.padded_adjacency(graph.matrix, positions, n_pos)
     padded = Layout(order_tiles(extract_tiles(adj, tile, row_valid=valid, census=census)),
-                    positions, n_pos)
+                    positions, n_pos, self_only_spans(adj, tile[0]))
     if pad is True:
         return padded
     plain = unpadded()
@@ -224,6 +227,9 @@ class Plan:
     # config["dense_kernel"] says): rows [r0, r1), keys [c0, c1) in positions, one row
     # each; their query blocks have no work items.
     dense: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))
+    # Rows [r0, r1) in positions whose only key is themselves (``self_only_spans``): their
+    # output is a copy of their value rows; their query blocks have no work items.
+    self_rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
     # Per (batch*heads, stream): the split blocks' arrival counters (``ops.attention``).
     tickets: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
 
@@ -276,6 +282,7 @@ class Plan:
             "graph": self.original.name, "tokens": self.n_tokens, "nnz": self.graph.nnz,
             "positions": self.n_positions, "reorder": self.reorder, **self.tiles.stats(),
             "items": int(self.items.qb.shape[0]), "split_blocks": int(self.items.split_qb.shape[0]),
+            "self_rows": int(np.diff(self.self_rows, axis=1).sum()),
             **self.config,
         }
 
@@ -345,11 +352,18 @@ def _check_dense(dense: Any) -> None:
 
 
 def dense_blocks(tiles: TileSet, spans: np.ndarray) -> np.ndarray:
-    """Bool per query block: inside the rows of one of ``spans``."""
+    """Bool per query block: inside the rows [r0, r1) of one of ``spans`` (k, >= 2)."""
     skip = np.zeros(tiles.n_query_blocks, bool)
     for r0, r1 in spans[:, :2].tolist():
         skip[r0 // tiles.bm:-(-r1 // tiles.bm)] = True
     return skip
+
+
+def idle_blocks(lay: Layout, dense: np.ndarray | None = None) -> np.ndarray:
+    """Bool per query block that gets no work item (``make_work_items``' skip): inside
+    one of the ``dense`` rectangles, or copied (``lay.self_rows``)."""
+    copied = dense_blocks(lay.tiles, lay.self_rows)
+    return copied if dense is None else copied | dense_blocks(lay.tiles, dense)
 
 
 def choose_reorder(graph: AttentionGraph, tile: tuple[int, int]) -> tuple[str, dict[str, int]]:
@@ -396,6 +410,9 @@ def plan(graph: AttentionGraph, reorder: str = "hilbert", tile: str | tuple[int,
     in full (DynamicViT's kept tokens) run as dense attention instead of tile by tile, in
     our dense kernel or the vendor's, whichever ``ops.choose_dense_kernel`` times faster
     on a GPU. With "auto", tuning times each config with and without them.
+
+    Query blocks whose rows attend only themselves (``self_only_spans``: DynamicViT's
+    pruned tokens) are copied from V instead, with a schedule too.
     """
     if head_dim not in HEAD_DIMS:
         raise SparseVitError(f"head_dim must be one of {HEAD_DIMS}, got {head_dim}")
@@ -431,7 +448,7 @@ def plan(graph: AttentionGraph, reorder: str = "hilbert", tile: str | tuple[int,
         spans = find_dense(lay.tiles, dense)
         # Tuning with dense="auto" times both; otherwise the rectangles found are used.
         variants = [spans[:0], spans] if tune and dense == "auto" and spans.size else [spans]
-        variants = [(v, make_work_items(lay.tiles, max_tiles, dense_blocks(lay.tiles, v)))
+        variants = [(v, make_work_items(lay.tiles, max_tiles, idle_blocks(lay, v)))
                     for v in variants]
         launches = ([(num_warps or w, num_stages or s) for w, s in LAUNCH_CANDIDATES]
                     if tune else [(num_warps or (8 if bm >= 128 else 4), num_stages or 2)])
@@ -513,10 +530,15 @@ def _assemble(graph: AttentionGraph, ordered: AttentionGraph, perm: np.ndarray, 
     memory_rows = (rows[bm], rows[bn])
     arrays = _device_arrays(lay.tiles, items, device, programs,
                             None if any(r is None for r in memory_rows) else memory_rows)
+    if lay.self_rows.size:  # the copied rows, as positions (ordered form) and tokens
+        at = np.concatenate([np.arange(r0, r1) for r0, r1 in lay.self_rows.tolist()])
+        arrays["self_positions"] = torch.as_tensor(at).to(device)
+        arrays["self_tokens"] = torch.as_tensor(slot_token[at]).to(device)
     return Plan(graph, ordered, lay.tiles, items, reorder, device, heads, head_dim,
                 torch.as_tensor(slot_token).to(device), torch.as_tensor(inv).to(device),
                 arrays, config, programs, units_bh,
-                np.zeros((0, 4), np.int64) if dense is None else dense)
+                np.zeros((0, 4), np.int64) if dense is None else dense,
+                self_rows=lay.self_rows)
 
 
 def _scheduled_plan(sched: Any, graph: AttentionGraph, ordered: AttentionGraph,
@@ -539,7 +561,7 @@ def _scheduled_plan(sched: Any, graph: AttentionGraph, ordered: AttentionGraph,
         if tuple(span) not in found:
             raise SparseVitError(f"schedule's dense rectangle {span} is not one of this "
                                  "graph's: the schedule is for another graph")
-    items = make_work_items(lay.tiles, sched.max_tiles, dense_blocks(lay.tiles, vendor))
+    items = make_work_items(lay.tiles, sched.max_tiles, idle_blocks(lay, vendor))
     n_items = int(items.qb.shape[0])
     if n_items != sched.n_items:
         raise SparseVitError(f"schedule expects {sched.n_items} work items, this graph and "

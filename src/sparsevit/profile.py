@@ -405,7 +405,8 @@ class _Runner:
         from sparsevit.schedule import Schedule
 
         lay = planner.tile_layout(graph, (cfg["bm"], cfg["bn"]), False)
-        n_items = int(planner.make_work_items(lay.tiles, max_tiles).qb.shape[0])
+        n_items = int(planner.make_work_items(lay.tiles, max_tiles,
+                                              planner.idle_blocks(lay)).qb.shape[0])
         sched = Schedule(
             method="greedy", gpu="profile", software={}, n_tokens=graph.n_tokens,
             nnz=graph.nnz, batch=1, heads=n_bh, head_dim=self.head_dim,

@@ -2,6 +2,7 @@
 
     gather_rows(x, index, dim)        == x.index_select(dim, index)
     scatter_rows(out, index, src, dim) == out.index_copy_(dim, index, src)
+    copy_rows_at(out, index, src, dim) == out.index_copy_(dim, index, src.index_select(dim, index))
 
 Reordering tokens copies whole rows, but torch's index_select / index_copy move one element
 per thread through a grid-stride loop. On an H200 (bf16) they permute a (1, 262145, 96)
@@ -25,10 +26,11 @@ ELEMENTS_PER_PROGRAM = 4096  # 8 KB of bf16 per program: enough bytes in flight 
 @triton.jit
 def copy_rows(src, dst, index, n_rows, n_cols, n_inner_outer,
               src_s0, src_s1, src_sr, dst_s0, dst_s1, dst_sr,
-              SCATTER: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """dst[o0, o1, r] = src[o0, o1, index[r]] (gather) or dst[o0, o1, index[r]] =
-    src[o0, o1, r] (scatter) for BLOCK_R rows r and BLOCK_C columns; columns are
-    contiguous. Program axis 2 runs over the outer (o0, o1) pairs."""
+              INDEX_SRC: tl.constexpr, INDEX_DST: tl.constexpr,
+              BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """dst[o0, o1, r or index[r]] = src[o0, o1, r or index[r]] (INDEX_DST, INDEX_SRC) for
+    BLOCK_R rows r and BLOCK_C columns; columns are contiguous. Program axis 2 runs over
+    the outer (o0, o1) pairs."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     outer = tl.program_id(2)
@@ -36,8 +38,8 @@ def copy_rows(src, dst, index, n_rows, n_cols, n_inner_outer,
     o1 = (outer % n_inner_outer).to(tl.int64)
     row_ok = rows < n_rows
     picked = tl.load(index + rows, mask=row_ok, other=0).to(tl.int64)
-    src_rows = rows.to(tl.int64) if SCATTER else picked
-    dst_rows = picked if SCATTER else rows.to(tl.int64)
+    src_rows = picked if INDEX_SRC else rows.to(tl.int64)
+    dst_rows = picked if INDEX_DST else rows.to(tl.int64)
     mask = row_ok[:, None] & (cols[None, :] < n_cols)
     vals = tl.load(src + o0 * src_s0 + o1 * src_s1 + src_rows[:, None] * src_sr + cols[None, :],
                    mask=mask)
@@ -64,7 +66,8 @@ def _use_kernel(*tensors: torch.Tensor) -> bool:
     return all(t.is_cuda for t in tensors) or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _launch(src: torch.Tensor, dst: torch.Tensor, index: torch.Tensor, scatter: bool) -> None:
+def _launch(src: torch.Tensor, dst: torch.Tensor, index: torch.Tensor, index_src: bool,
+            index_dst: bool) -> None:
     n_rows, n_cols = index.shape[0], src.shape[-1]
     block_c = min(triton.next_power_of_2(n_cols), 128)
     block_r = ELEMENTS_PER_PROGRAM // block_c
@@ -73,7 +76,8 @@ def _launch(src: torch.Tensor, dst: torch.Tensor, index: torch.Tensor, scatter: 
     copy_rows[grid](src, dst, index, n_rows, n_cols, src.shape[1],
                     src.stride(0), src.stride(1), src.stride(2),
                     dst.stride(0), dst.stride(1), dst.stride(2),
-                    SCATTER=scatter, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4)
+                    INDEX_SRC=index_src, INDEX_DST=index_dst, BLOCK_R=block_r, BLOCK_C=block_c,
+                    num_warps=4)
 
 
 def gather_rows(x: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
@@ -84,7 +88,7 @@ def gather_rows(x: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
     shape = list(x.shape)
     shape[dim] = index.shape[0]
     out = torch.empty(shape, device=x.device, dtype=x.dtype)
-    _launch(view, _rows_view(out, dim), index, scatter=False)
+    _launch(view, _rows_view(out, dim), index, index_src=True, index_dst=False)
     return out
 
 
@@ -92,9 +96,21 @@ def scatter_rows(out: torch.Tensor, index: torch.Tensor, src: torch.Tensor,
                  dim: int) -> torch.Tensor:
     """``out.index_copy_(dim, index, src)`` for a row dimension ``dim`` (the second last);
     ``index`` must not repeat."""
+    return _copy_into(out, index, src, dim, index_src=False)
+
+
+def copy_rows_at(out: torch.Tensor, index: torch.Tensor, src: torch.Tensor,
+                 dim: int) -> torch.Tensor:
+    """``out.index_copy_(dim, index, src.index_select(dim, index))`` in one pass: rows
+    ``index`` of ``src`` into the same rows of ``out`` (of the same shape)."""
+    return _copy_into(out, index, src, dim, index_src=True)
+
+
+def _copy_into(out: torch.Tensor, index: torch.Tensor, src: torch.Tensor, dim: int,
+               index_src: bool) -> torch.Tensor:
     dst_view = _rows_view(out, dim) if _use_kernel(out, index, src) else None
     src_view = _rows_view(src, dim) if dst_view is not None else None
     if src_view is None or index.numel() == 0:
-        return out.index_copy_(dim, index, src)
-    _launch(src_view, dst_view, index, scatter=True)
+        return out.index_copy_(dim, index, src.index_select(dim, index) if index_src else src)
+    _launch(src_view, dst_view, index, index_src=index_src, index_dst=True)
     return out

@@ -211,10 +211,13 @@ def solve(graph: Any, profile: Any, method: str, *, batch: int, heads: int, head
             f"{max_programs_per_sm}, shared memory <= {max_shared_bytes} bytes)")
     layouts: dict[tuple[int, int], Any] = {}
 
-    def tiles_of(shape: tuple[int, int]) -> Any:
+    def layout_of(shape: tuple[int, int]) -> Any:
         if shape not in layouts:  # a census: only the chosen shape's bitmasks are built
             layouts[shape] = planner.tile_layout(graph, shape, pad, census=True)
-        return layouts[shape].tiles
+        return layouts[shape]
+
+    def tiles_of(shape: tuple[int, int]) -> Any:
+        return layout_of(shape).tiles
 
     measured = prof.get("dense", [])  # dense-kernel timings, the vendor path among them
     at_occupancy = {(c.bm, c.bn, c.num_warps, c.num_stages, c.programs_per_sm): c
@@ -222,7 +225,8 @@ def solve(graph: Any, profile: Any, method: str, *, batch: int, heads: int, head
 
     def candidate(c: model.Costs, max_tiles: int, vendor: np.ndarray = NO_DENSE) -> _Candidate:
         tiles = tiles_of((c.bm, c.bn))
-        items = planner.make_work_items(tiles, max_tiles, planner.dense_blocks(tiles, vendor))
+        items = planner.make_work_items(tiles, max_tiles,
+                                        planner.idle_blocks(layout_of((c.bm, c.bn)), vendor))
         # Fewer units than n_SM * r: the hardware spreads programs over the SMs first, so
         # an SM holds fewer than r busy programs, and they run at that occupancy's speed.
         busy = min(c.programs_per_sm, max(1, -(-int(items.qb.shape[0]) * n_bh // n_sm)))
@@ -247,7 +251,7 @@ def solve(graph: Any, profile: Any, method: str, *, batch: int, heads: int, head
         if not spans.size:
             return [NO_DENSE]
         tiles = tiles_of(shape)
-        items = planner.make_work_items(tiles, max_tiles)
+        items = planner.make_work_items(tiles, max_tiles, planner.idle_blocks(layout_of(shape)))
         per_block = np.bincount(items.qb, weights=c.latency(items),
                                 minlength=tiles.n_query_blocks)
         share = [per_block[planner.dense_blocks(tiles, spans[i:i + 1])].sum() * n_bh

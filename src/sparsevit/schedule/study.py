@@ -255,7 +255,7 @@ def run_overhead(args: argparse.Namespace) -> int:
     t3 = time.perf_counter()
     lay = planner.tile_layout(ordered, (sched.config["bm"], sched.config["bn"]))
     planner.make_work_items(lay.tiles, sched.max_tiles,
-                            planner.dense_blocks(lay.tiles, sched.dense_spans()))
+                            planner.idle_blocks(lay, sched.dense_spans()))
     t4 = time.perf_counter()
     stages = {"graph_s": t1 - t0, "reorder_s": t2 - t1, "extract_s": t4 - t3,
               "solve_s": t3 - t2, "profile_s": float(prof.get("elapsed_s", 0.0))}
