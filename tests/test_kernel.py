@@ -366,6 +366,22 @@ def test_self_only_rows_are_copied_from_v(tile: tuple[int, int]) -> None:
     assert torch.equal(plan.unpermute(ordered), out)
 
 
+def test_copied_rows_beside_a_dense_kernel_or_when_many(monkeypatch) -> None:
+    """A few self-only rows stay diagonal tiles (a copy launch costs more); beside a dense
+    kernel, or from COPY_MIN_ROWS rows on, they are copied."""
+    from sparsevit import planner
+
+    lay = planner.tile_layout(sv.masks.from_matrix(sp.eye(100, dtype=bool, format="csr")),
+                              (16, 16), pad=False)
+    assert lay.self_rows.tolist() == [[0, 100]]
+    assert planner.copied_rows(lay).size == 0
+    assert not planner.idle_blocks(lay).any()
+    assert planner.copied_rows(lay, np.array([[0, 16, 0, 16]])).tolist() == [[0, 100]]
+    monkeypatch.setattr(planner, "COPY_MIN_ROWS", 100)
+    assert planner.copied_rows(lay).tolist() == [[0, 100]]
+    assert planner.idle_blocks(lay).all()
+
+
 def test_dense_option_checked_and_auto_keeps_small_rectangles_tiled() -> None:
     g = sv.masks.dynamicvit((14, 14), keep=0.5)
     with pytest.raises(SparseVitError, match="dense"):

@@ -227,7 +227,7 @@ class Plan:
     # config["dense_kernel"] says): rows [r0, r1), keys [c0, c1) in positions, one row
     # each; their query blocks have no work items.
     dense: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))
-    # Rows [r0, r1) in positions whose only key is themselves (``self_only_spans``): their
+    # Rows [r0, r1) in positions whose only key is themselves (``copied_rows``): their
     # output is a copy of their value rows; their query blocks have no work items.
     self_rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
     # Per (batch*heads, stream): the split blocks' arrival counters (``ops.attention``).
@@ -359,10 +359,30 @@ def dense_blocks(tiles: TileSet, spans: np.ndarray) -> np.ndarray:
     return skip
 
 
+# Self-only rows are copied from V beside a dense kernel, or where at least this many:
+# H200, DynamicViT, 64x64 tiles, µs pre-ordered / gathered. Beside the dense kernel the
+# copy won at 1024 px (2,691 rows: 30.1 -> 22.9 / 39.8 -> 34.0) and 2048 px (10,764: 244.1
+# -> 223.5 / 270.2 -> 247.4). Without one, its launch lost at 384 px (378 rows: 13.3 ->
+# 17.1 / 14.6 -> 17.6) and at 1024 px pre-ordered (37.9 -> 42.9; gathered 50.8 -> 45.6),
+# while the diagonal tiles hid in the kernel's tail; at 2048 px it won (286.8 -> 266.2 /
+# 420.7 -> 389.8).
+COPY_MIN_ROWS = 4096
+
+
+def copied_rows(lay: Layout, dense: np.ndarray | None = None) -> np.ndarray:
+    """The layout's self-only rows (``lay.self_rows``) that a plan with these ``dense``
+    rectangles copies from V: all of them beside a dense kernel or where they are at
+    least COPY_MIN_ROWS rows, else none (they stay diagonal tiles)."""
+    n_rows = int(np.diff(lay.self_rows, axis=1).sum())
+    if (dense is not None and dense.size) or n_rows >= COPY_MIN_ROWS:
+        return lay.self_rows
+    return lay.self_rows[:0]
+
+
 def idle_blocks(lay: Layout, dense: np.ndarray | None = None) -> np.ndarray:
     """Bool per query block that gets no work item (``make_work_items``' skip): inside
-    one of the ``dense`` rectangles, or copied (``lay.self_rows``)."""
-    copied = dense_blocks(lay.tiles, lay.self_rows)
+    one of the ``dense`` rectangles, or copied (``copied_rows``)."""
+    copied = dense_blocks(lay.tiles, copied_rows(lay, dense))
     return copied if dense is None else copied | dense_blocks(lay.tiles, dense)
 
 
@@ -412,7 +432,8 @@ def plan(graph: AttentionGraph, reorder: str = "hilbert", tile: str | tuple[int,
     on a GPU. With "auto", tuning times each config with and without them.
 
     Query blocks whose rows attend only themselves (``self_only_spans``: DynamicViT's
-    pruned tokens) are copied from V instead, with a schedule too.
+    pruned tokens) are copied from V instead where that measured faster (``copied_rows``:
+    beside a dense kernel, or COPY_MIN_ROWS rows and more), with a schedule too.
     """
     if head_dim not in HEAD_DIMS:
         raise SparseVitError(f"head_dim must be one of {HEAD_DIMS}, got {head_dim}")
@@ -530,15 +551,16 @@ def _assemble(graph: AttentionGraph, ordered: AttentionGraph, perm: np.ndarray, 
     memory_rows = (rows[bm], rows[bn])
     arrays = _device_arrays(lay.tiles, items, device, programs,
                             None if any(r is None for r in memory_rows) else memory_rows)
-    if lay.self_rows.size:  # the copied rows, as positions (ordered form) and tokens
-        at = np.concatenate([np.arange(r0, r1) for r0, r1 in lay.self_rows.tolist()])
+    copies = copied_rows(lay, dense)
+    if copies.size:  # the copied rows, as positions (ordered form) and tokens
+        at = np.concatenate([np.arange(r0, r1) for r0, r1 in copies.tolist()])
         arrays["self_positions"] = torch.as_tensor(at).to(device)
         arrays["self_tokens"] = torch.as_tensor(slot_token[at]).to(device)
     return Plan(graph, ordered, lay.tiles, items, reorder, device, heads, head_dim,
                 torch.as_tensor(slot_token).to(device), torch.as_tensor(inv).to(device),
                 arrays, config, programs, units_bh,
                 np.zeros((0, 4), np.int64) if dense is None else dense,
-                self_rows=lay.self_rows)
+                self_rows=copies)
 
 
 def _scheduled_plan(sched: Any, graph: AttentionGraph, ordered: AttentionGraph,
