@@ -376,10 +376,32 @@ def test_copied_rows_beside_a_dense_kernel_or_when_many(monkeypatch) -> None:
     assert lay.self_rows.tolist() == [[0, 100]]
     assert planner.copied_rows(lay).size == 0
     assert not planner.idle_blocks(lay).any()
-    assert planner.copied_rows(lay, np.array([[0, 16, 0, 16]])).tolist() == [[0, 100]]
+    assert planner.copied_rows(lay, np.array([[0, 16, 0, 16]])).tolist() == [[16, 100]]
     monkeypatch.setattr(planner, "COPY_MIN_ROWS", 100)
     assert planner.copied_rows(lay).tolist() == [[0, 100]]
     assert planner.idle_blocks(lay).all()
+    # A dense rectangle's rows stay with it, even a 1 x 1 one that is a self-only row.
+    assert planner.copied_rows(lay, np.array([[96, 100, 96, 100]])).tolist() == [[0, 96]]
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+def test_copied_rows_without_a_dense_kernel(monkeypatch, ordered: bool) -> None:
+    """From COPY_MIN_ROWS rows on the copy runs alone beside the block-sparse kernel."""
+    from sparsevit import planner
+
+    monkeypatch.setattr(planner, "COPY_MIN_ROWS", 1)
+    graph = sv.masks.dynamicvit((14, 14), keep=0.5)
+    plan = sv.plan(graph, reorder="rcm", tile=(16, 16), heads=2, head_dim=32, device=DEVICE,
+                   dense=False)
+    assert plan.dense.size == 0 and plan.self_rows.size and plan.items.qb.size
+    q, k, v = (torch.randn(1, 2, graph.n_tokens, 32).to(DEVICE) for _ in range(3))
+    ref = reference(q, k, v, graph.adjacency)
+    if ordered:
+        out = plan.unpermute(sv.attention(*(plan.permute(t) for t in (q, k, v)), plan,
+                                          ordered=True))
+    else:
+        out = sv.attention(q, k, v, plan)
+    assert rel_err(out, ref) < FP32_TOL
 
 
 def test_dense_option_checked_and_auto_keeps_small_rectangles_tiled() -> None:

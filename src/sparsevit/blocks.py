@@ -185,12 +185,20 @@ def self_only_spans(adjacency: Adjacency | sp.spmatrix, bm: int) -> np.ndarray:
         csr = _canonical(adjacency)
         row_nnz = np.diff(csr.indptr)
     n = csr.shape[0]
-    first = csr.indices[np.minimum(csr.indptr[:-1], max(csr.nnz - 1, 0))] if csr.nnz else 0
-    own = (row_nnz == 1) & (np.diff(csr.indptr) == 1) & (first == np.arange(n))
+    one_entry = np.diff(csr.indptr) == 1  # in the remainder, for a factored graph
+    first = np.zeros(n, np.int64)
+    first[one_entry] = csr.indices[csr.indptr[:-1][one_entry]]
+    own = (row_nnz == 1) & one_entry & (first == np.arange(n))
     n_qb = -(-n // bm)
     rows = np.ones(n_qb * bm, bool)  # rows past the end: nobody reads them
     rows[:n] = own
-    qbs = np.flatnonzero(rows.reshape(n_qb, bm).all(axis=1))
+    return block_runs(rows.reshape(n_qb, bm).all(axis=1), bm, n)
+
+
+def block_runs(blocks: np.ndarray, bm: int, n: int) -> np.ndarray:
+    """Runs of consecutive True query blocks (bool per block) as (k, 2) int64 rows
+    [r0, r1), the last clipped to ``n``."""
+    qbs = np.flatnonzero(blocks)
     if qbs.size == 0:
         return np.zeros((0, 2), np.int64)
     starts = np.flatnonzero(np.diff(qbs, prepend=-2) != 1)

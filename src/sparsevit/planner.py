@@ -20,7 +20,14 @@ from triton.runtime.errors import OutOfResources
 
 from sparsevit import layout
 from sparsevit import reorder as reorder_mod
-from sparsevit.blocks import TileSet, dense_spans, extract_tiles, parse_tile, self_only_spans
+from sparsevit.blocks import (
+    TileSet,
+    block_runs,
+    dense_spans,
+    extract_tiles,
+    parse_tile,
+    self_only_spans,
+)
 from sparsevit.errors import SparseVitError
 from sparsevit.graph import AttentionGraph
 from sparsevit.kernels.block_sparse_attn import kernel_bitmasks
@@ -371,12 +378,17 @@ COPY_MIN_ROWS = 4096
 
 def copied_rows(lay: Layout, dense: np.ndarray | None = None) -> np.ndarray:
     """The layout's self-only rows (``lay.self_rows``) that a plan with these ``dense``
-    rectangles copies from V: all of them beside a dense kernel or where they are at
-    least COPY_MIN_ROWS rows, else none (they stay diagonal tiles)."""
-    n_rows = int(np.diff(lay.self_rows, axis=1).sum())
-    if (dense is not None and dense.size) or n_rows >= COPY_MIN_ROWS:
-        return lay.self_rows
-    return lay.self_rows[:0]
+    rectangles copies from V: those outside the rectangles (a 1 x 1 rectangle can be a
+    self-only row too; the dense kernel writes it), all of them beside a dense kernel or
+    where they are at least COPY_MIN_ROWS rows, else none (they stay diagonal tiles)."""
+    rows = lay.self_rows
+    beside = dense is not None and dense.size > 0
+    if beside:
+        keep = dense_blocks(lay.tiles, rows) & ~dense_blocks(lay.tiles, dense)
+        rows = block_runs(keep, lay.tiles.bm, lay.n_positions)
+    if beside or int(np.diff(rows, axis=1).sum()) >= COPY_MIN_ROWS:
+        return rows
+    return rows[:0]
 
 
 def idle_blocks(lay: Layout, dense: np.ndarray | None = None) -> np.ndarray:

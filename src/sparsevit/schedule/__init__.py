@@ -285,7 +285,7 @@ def solve(graph: Any, profile: Any, method: str, *, batch: int, heads: int, head
         chosen = _schedule(method, prof, graph, batch, heads, head_dim, dtype_name, cand,
                            cand.programs(), cand.predicted(), info, details)
     else:
-        best, info = _solve_ilp(graph, all_costs, tiles_of, candidate, dense_choices, n_bh,
+        best, info = _solve_ilp(graph, all_costs, layout_of, candidate, dense_choices, n_bh,
                                 n_sm, time_limit, solver, details, bounds_exact=pad is False)
         chosen = _schedule(method, prof, graph, batch, heads, head_dim, dtype_name, best,
                            best.programs(), best.predicted(), info, details)
@@ -296,7 +296,7 @@ def solve(graph: Any, profile: Any, method: str, *, batch: int, heads: int, head
     return chosen
 
 
-def _solve_ilp(graph: Any, all_costs: list[model.Costs], tiles_of: Any, candidate: Any,
+def _solve_ilp(graph: Any, all_costs: list[model.Costs], layout_of: Any, candidate: Any,
                dense_choices: Any, n_bh: int, n_sm: int, time_limit: float, solver: str,
                details: dict[str, Any],
                bounds_exact: bool) -> tuple[_Candidate, dict[str, Any]]:
@@ -309,9 +309,11 @@ def _solve_ilp(graph: Any, all_costs: list[model.Costs], tiles_of: Any, candidat
     lower a shape's tile count below the unpadded one; for padded graphs this ranking is
     a heuristic, not a bound: then the pruned configs take no part in the reported lower
     bound, and the status says that the search was pruned heuristically.) The coarse
-    bound knows nothing of dense rectangles, so when the first shape laid out has some,
-    no config is pruned by it.
+    bound knows nothing of dense rectangles or copied rows (``planner.copied_rows``: it
+    counts their tiles), so once a candidate has either, no config is pruned by it.
     """
+    from sparsevit import planner
+
     t0 = time.perf_counter()
     shapes = sorted({(c.bm, c.bn) for c in all_costs})
     per_block = model.tiles_per_block(graph.matrix, shapes)
@@ -330,11 +332,13 @@ def _solve_ilp(graph: Any, all_costs: list[model.Costs], tiles_of: Any, candidat
         if prune and best is not None and coarse_bound(c) >= best.predicted():
             skipped.append(coarse_bound(c))
             continue
-        for m in model.split_choices(tiles_of((c.bm, c.bn))):
+        lay = layout_of((c.bm, c.bn))
+        for m in model.split_choices(lay.tiles):
             choices = dense_choices(c, m)
             prune = prune and (best is not None or len(choices) == 1)
             for vendor in choices:
                 cand = candidate(c, m, vendor)
+                prune = prune and not planner.copied_rows(lay, vendor).size
                 cands.append(cand)
                 if best is not None and cand.bound_us >= best.predicted():
                     continue
