@@ -88,3 +88,24 @@ def test_plot_draws_the_backup_logs(tmp_path) -> None:
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "e2e_b1_eager.pdf").is_file() and (tmp_path / "e2e_b1_eager.png").is_file()
     assert "RegionViT-S" in run.stdout and "not run" in run.stderr
+
+
+def test_plot_falls_back_to_native_where_full_never_ran(tmp_path) -> None:
+    """Compiled cells time no unmasked SDPA: their speedup row is over the native path,
+    and says so, instead of a row of empty panels."""
+    log = next((ROOT / "backup_logs/e2e").glob("e2e.*.RegionViT-S.2048.native-b1-compile.log"))
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / log.name).write_text(log.read_text())
+    twin = log.name.replace("native-", "sparsevit-")
+    (tmp_path / "logs" / twin).write_text((log.parent / twin).read_text())
+    run = subprocess.run([sys.executable, str(ROOT / "plot/e2e.py"), "--log-dir",
+                          str(tmp_path / "logs"), "--out", str(tmp_path), "--mode", "compile"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "speedup over native" in run.stdout
+    row = next(line.split() for line in run.stdout.splitlines()
+               if line.startswith("RegionViT-S") and " 2048 " in line and "sparsevit" in line)
+    native = next(line.split() for line in run.stdout.splitlines()
+                  if line.startswith("RegionViT-S") and " 2048 " in line and " native " in line)
+    assert float(native[-1]) == 1.0
+    assert abs(float(row[-1]) - float(native[3]) / float(row[3])) < 0.01
