@@ -474,3 +474,27 @@ def test_gathered_runs_move_by_bulk_copies(case: str, tile: tuple[int, int],
     reordering = sv.plan(raw, reorder=method, tile=tile, heads=2, head_dim=32, device=DEVICE,
                          pad=True)
     assert not reordering.runs_in_memory
+
+
+def test_launch_signature_keys_what_triton_specializes_on() -> None:
+    """Repeat launches (``kernels.launch``) reuse a compiled kernel only for an equal
+    signature: tensors by dtype and 16-byte alignment (not by address), ints exactly,
+    floats by type alone, descriptors by shape, strides and block."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    from sparsevit.kernels.launch import launch_signature
+
+    def sig(*args, **constexprs):
+        return launch_signature(args, constexprs, {"num_warps": 4})
+
+    a, b = torch.zeros(64), torch.zeros(64)
+    assert sig(a, 16, 0.5, BM=64) == sig(b, 16, 0.25, BM=64)
+    assert sig(a, 16, BM=64) != sig(a[1:], 16, BM=64)  # off the 16-byte grid
+    assert sig(a, 16, BM=64) != sig(a.double(), 16, BM=64)
+    assert sig(a, 16, BM=64) != sig(a, 17, BM=64)
+    assert sig(a, 16, BM=64) != sig(a, 16, BM=128)
+    x = torch.zeros(1, 2, 128, 64)
+    d = TensorDescriptor.from_tensor(x, [1, 1, 64, 64])
+    assert sig(d) == sig(TensorDescriptor.from_tensor(torch.ones(1, 2, 128, 64), [1, 1, 64, 64]))
+    assert sig(d) != sig(TensorDescriptor.from_tensor(x, [1, 1, 32, 64]))
+    assert sig(d) != sig(TensorDescriptor.from_tensor(torch.zeros(1, 2, 256, 64), [1, 1, 64, 64]))

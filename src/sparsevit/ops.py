@@ -18,6 +18,7 @@ from sparsevit.errors import SparseVitError
 from sparsevit.kernels.block_sparse_attn import LOG2E, block_sparse_attn_fwd
 from sparsevit.kernels.dense_attn import dense_attn_fwd
 from sparsevit.kernels.gather_rows import copy_rows_at, gather_rows, scatter_rows
+from sparsevit.kernels.launch import launch
 from sparsevit.planner import Plan
 from sparsevit.profile import register_budget
 
@@ -195,14 +196,14 @@ def _timed_dense(n_rows: int, n_keys: int, batch: int, heads: int, head_dim: int
     return min(measured, key=measured.__getitem__), timings
 
 
-def _tickets(plan: Plan, n_bh: int, device: torch.device) -> torch.Tensor:
-    """The split blocks' arrival counters for ``n_bh`` batch*heads on the current stream:
+def _tickets(plan: Plan, n_bh: int, device: torch.device,
+             stream: torch.cuda.Stream | None) -> torch.Tensor:
+    """The split blocks' arrival counters for ``n_bh`` batch*heads on ``stream`` (current):
     zeroed once and kept by the plan (the kernel's last piece resets its counter), so a
     call launches no memset. Calls on one stream run one after another; another stream
     gets its own counters. Counters made during CUDA-graph capture are not kept: their
     zeroing runs only when the graph replays."""
-    stream = torch.cuda.current_stream(device).stream_id if device.type == "cuda" else 0
-    key = (n_bh, stream)
+    key = (n_bh, stream.stream_id if stream is not None else 0)
     counters = plan.tickets.get(key)
     if counters is None:
         counters = torch.zeros(max(1, plan.items.split_qb.shape[0] * n_bh), device=device,
@@ -301,6 +302,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan,
     if tma and n_units >= TMA_MAXNREG_MIN_UNITS and _fits_maxnreg(tiles.bm, tiles.bn, d, warps):
         maxnreg = min(maxnreg, TMA_MAXNREG)
     copies = plan.self_rows.shape[0] > 0
+    stream = torch.cuda.current_stream(q.device) if q.is_cuda else None
     # The dense rectangles run beside the rest (block-sparse launch, self-only rows' copy),
     # on a side stream that starts once the inputs are ready: they write disjoint rows.
     # Launched first, the long dense kernel takes the SMs and the short rest fills them
@@ -309,7 +311,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan,
     side = (_side_stream(q.device) if plan.dense.shape[0] and q.is_cuda and (grid or copies)
             else None)
     if side is not None:
-        side.wait_stream(torch.cuda.current_stream(q.device))
+        side.wait_stream(stream)
         with torch.cuda.stream(side):
             _dense_rectangles(q, k, v, out, plan, ordered, scale)
     elif plan.dense.shape[0]:
@@ -317,21 +319,22 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan,
     if copies:  # softmax over a single key is 1: O = V on those rows
         copy_rows_at(out, a["self_positions"] if ordered else a["self_tokens"], v, 2)
     if grid:  # no work items when dense rectangles cover every query block
-        block_sparse_attn_fwd[(grid,)](
-            qd, kd, vd, k, v, out, ws, ws_rows, plan.perm,
-            a["query_rows"] if bulk_gather else a["items"],  # (items: a pointer not read)
-            a["items"], a["tiles_memory"] if bulk_gather else a["tiles"], a["bitmasks"],
-            a["splits"], _tickets(plan, n_bh, q.device), a["prog_ptr"],
-            a["prog_units"], plan.n_positions, n, heads, n_bh,
-            qk_scale,
-            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-            BM=tiles.bm, BN=tiles.bn, HEAD_DIM=d, NW=tiles.words_per_row, GATHER=gather,
-            PERSISTENT=persistent, INLINE_PTX=q.is_cuda,
-            ONE_LOOP=plan.config.get("one_loop", False), TMA=tma,
-            SPLITS=bool(plan.items.split_qb.shape[0]),
-            num_warps=warps, num_stages=plan.config["num_stages"],
-            **({"maxnreg": maxnreg} if maxnreg < 255 else {}),
-        )
+        args = (qd, kd, vd, k, v, out, ws, ws_rows, plan.perm,
+                a["query_rows"] if bulk_gather else a["items"],  # (items: a pointer not read)
+                a["items"], a["tiles_memory"] if bulk_gather else a["tiles"], a["bitmasks"],
+                a["splits"], _tickets(plan, n_bh, q.device, stream), a["prog_ptr"],
+                a["prog_units"], plan.n_positions, n, heads, n_bh, qk_scale,
+                *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3])
+        constexprs = dict(BM=tiles.bm, BN=tiles.bn, HEAD_DIM=d, NW=tiles.words_per_row,
+                          GATHER=gather, PERSISTENT=persistent, INLINE_PTX=q.is_cuda,
+                          ONE_LOOP=plan.config.get("one_loop", False), TMA=tma,
+                          SPLITS=bool(plan.items.split_qb.shape[0]))
+        options = dict(num_warps=warps, num_stages=plan.config["num_stages"],
+                       **({"maxnreg": maxnreg} if maxnreg < 255 else {}))
+        if q.is_cuda:
+            launch(block_sparse_attn_fwd, grid, args, constexprs, options, stream)
+        else:
+            block_sparse_attn_fwd[(grid,)](*args, **constexprs, **options)
     if side is not None:
-        torch.cuda.current_stream(q.device).wait_stream(side)
+        stream.wait_stream(side)
     return out
