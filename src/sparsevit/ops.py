@@ -331,10 +331,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan,
                           SPLITS=bool(plan.items.split_qb.shape[0]))
         options = dict(num_warps=warps, num_stages=plan.config["num_stages"],
                        **({"maxnreg": maxnreg} if maxnreg < 255 else {}))
-        if q.is_cuda:
-            launch(block_sparse_attn_fwd, grid, args, constexprs, options, stream)
-        else:
-            block_sparse_attn_fwd[(grid,)](*args, **constexprs, **options)
+        launch(block_sparse_attn_fwd, grid, args, constexprs, options, stream)
     if side is not None:
         stream.wait_stream(side)
     return out

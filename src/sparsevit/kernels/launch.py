@@ -47,10 +47,14 @@ def launch_signature(args: tuple, constexprs: dict[str, Any], options: dict[str,
 
 
 def launch(kernel: JITFunction, grid: int, args: tuple, constexprs: dict[str, Any],
-           options: dict[str, Any], stream: torch.cuda.Stream) -> None:
+           options: dict[str, Any], stream: torch.cuda.Stream | None) -> None:
     """``kernel[(grid,)](*args, **constexprs, **options)`` on ``stream`` (the current
     CUDA stream), through the kept compiled kernel when this signature launched before.
-    ``constexprs`` name the parameters after ``args``, in any order."""
+    ``constexprs`` name the parameters after ``args``, in any order. Without a stream
+    (CPU tensors: the Triton interpreter, which compiles nothing) it is Triton's launch."""
+    if stream is None:
+        kernel[(grid,)](*args, **constexprs, **options)
+        return
     key = (kernel, stream.device_index, launch_signature(args, constexprs, options))
     compiled = _COMPILED.get(key)
     if compiled is None:
