@@ -224,9 +224,8 @@ def solve(graph: Any, profile: Any, method: str, *, batch: int, heads: int, head
                     for c in profile_mod.costs(prof)}
 
     def candidate(c: model.Costs, max_tiles: int, vendor: np.ndarray = NO_DENSE) -> _Candidate:
-        tiles = tiles_of((c.bm, c.bn))
-        items = planner.make_work_items(tiles, max_tiles,
-                                        planner.idle_blocks(layout_of((c.bm, c.bn)), vendor))
+        lay = layout_of((c.bm, c.bn))
+        items = planner.make_work_items(lay.tiles, max_tiles, planner.idle_blocks(lay, vendor))
         # Fewer units than n_SM * r: the hardware spreads programs over the SMs first, so
         # an SM holds fewer than r busy programs, and they run at that occupancy's speed.
         busy = min(c.programs_per_sm, max(1, -(-int(items.qb.shape[0]) * n_bh // n_sm)))
